@@ -1,0 +1,283 @@
+//! Typed errors. Every rejection of an item carries a stable [`ReasonCode`] so that
+//! callers and remote peers can report exactly why an item was refused.
+
+use std::fmt;
+
+/// A problem with a key or signature.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// The text is not valid hex.
+    #[error("key or signature is not valid hex")]
+    BadHex,
+    /// The key has a length no scheme uses.
+    #[error("key of {0} bytes: expected 32 (ed25519) or 33 (secp256k1)")]
+    BadLength(usize),
+    /// A 33-byte key that does not start with 0x02 or 0x03.
+    #[error("secp256k1 key is not in compressed form")]
+    NotCompressed,
+    /// The signature has a length no scheme uses.
+    #[error("signature of {0} bytes: expected 64 (ed25519) or 65 (secp256k1)")]
+    BadSignatureLength(usize),
+    /// An unknown scheme tag.
+    #[error("unknown key scheme tag {0}")]
+    UnknownScheme(u32),
+    /// Key and signature (or declared scheme) are of different schemes.
+    #[error("key and signature are of different schemes")]
+    SchemeMismatch,
+    /// The bytes are not a point on the curve / a valid secret.
+    #[error("invalid key")]
+    InvalidKey,
+    /// The signature does not verify.
+    #[error("signature does not verify")]
+    BadSignature,
+}
+
+/// The stable, machine-readable reason an item was rejected.
+///
+/// The string forms (see [`ReasonCode::as_str`]) are part of the wire protocol and the
+/// HTTP API and never change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ReasonCode {
+    /// The value (or another field) exceeds its limit.
+    TooLarge,
+    /// The signature does not verify under the signer's key.
+    BadSignature,
+    /// The item does not belong at the target it was sent for.
+    TargetMismatch,
+    /// The signer is neither the subject nor an authorized publisher for the salt.
+    Unauthorized,
+    /// A newer item is already stored.
+    Stale,
+    /// A different item with the same seq is already stored.
+    Equivocation,
+    /// Compare-and-swap failed: the stored seq is not the expected one.
+    CasMismatch,
+    /// The item's expiry has passed.
+    Expired,
+    /// The bytes or fields are malformed.
+    Malformed,
+    /// A storage quota is exhausted.
+    QuotaExceeded,
+}
+
+impl ReasonCode {
+    /// All codes, in wire-tag order.
+    pub const ALL: [ReasonCode; 10] = [
+        ReasonCode::TooLarge,
+        ReasonCode::BadSignature,
+        ReasonCode::TargetMismatch,
+        ReasonCode::Unauthorized,
+        ReasonCode::Stale,
+        ReasonCode::Equivocation,
+        ReasonCode::CasMismatch,
+        ReasonCode::Expired,
+        ReasonCode::Malformed,
+        ReasonCode::QuotaExceeded,
+    ];
+
+    /// The stable snake_case name of the code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReasonCode::TooLarge => "too_large",
+            ReasonCode::BadSignature => "bad_signature",
+            ReasonCode::TargetMismatch => "target_mismatch",
+            ReasonCode::Unauthorized => "unauthorized",
+            ReasonCode::Stale => "stale",
+            ReasonCode::Equivocation => "equivocation",
+            ReasonCode::CasMismatch => "cas_mismatch",
+            ReasonCode::Expired => "expired",
+            ReasonCode::Malformed => "malformed",
+            ReasonCode::QuotaExceeded => "quota_exceeded",
+        }
+    }
+
+    /// The stable wire tag of the code (1-based; 0 is reserved for "no error").
+    pub fn tag(self) -> u32 {
+        ReasonCode::ALL
+            .iter()
+            .position(|c| *c == self)
+            .map_or(0, |i| i as u32 + 1)
+    }
+
+    /// The code of a wire tag, if known.
+    pub fn from_tag(tag: u32) -> Option<Self> {
+        (tag as usize)
+            .checked_sub(1)
+            .and_then(|i| ReasonCode::ALL.get(i).copied())
+    }
+
+    /// The code of a snake_case name, if known.
+    pub fn from_name(name: &str) -> Option<Self> {
+        ReasonCode::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+}
+
+impl fmt::Display for ReasonCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why an item was rejected, with the detail a human needs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// A field exceeds its limit.
+    #[error("{what} is {size} bytes, limit {limit}")]
+    TooLarge {
+        /// Which field.
+        what: &'static str,
+        /// Its size.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The signature does not verify.
+    #[error("bad signature: {0}")]
+    BadSignature(KeyError),
+    /// The item is not for the target it was sent or stored under.
+    #[error("item target {actual} does not match {expected}")]
+    TargetMismatch {
+        /// The target the item was sent for.
+        expected: crate::Target,
+        /// The target the item's subject and salt give.
+        actual: crate::Target,
+    },
+    /// The signer may not write this subject/salt.
+    #[error("signer {signer} may not publish salt {salt:?} for subject {subject}")]
+    Unauthorized {
+        /// The signer.
+        signer: crate::PublicKey,
+        /// The subject.
+        subject: crate::PublicKey,
+        /// The salt, lossily as text.
+        salt: String,
+    },
+    /// A newer item is stored.
+    #[error("seq {incoming} is older than the stored seq {stored}")]
+    Stale {
+        /// Seq of the refused item.
+        incoming: u64,
+        /// Seq already stored.
+        stored: u64,
+    },
+    /// Different content at the stored seq.
+    #[error("a different item with seq {seq} is already stored")]
+    Equivocation {
+        /// The seq both items claim.
+        seq: u64,
+    },
+    /// The stored seq is not the expected one.
+    #[error("compare-and-swap expected seq {expected:?}, stored seq is {stored:?}")]
+    CasMismatch {
+        /// The seq the caller expected (None: expected nothing stored).
+        expected: Option<u64>,
+        /// The seq actually stored (None: nothing stored).
+        stored: Option<u64>,
+    },
+    /// The item's expiry lies in the past.
+    #[error("item expired at {expires_at_ms} ms (now {now_ms} ms)")]
+    Expired {
+        /// The expiry, unix milliseconds.
+        expires_at_ms: u64,
+        /// The current time, unix milliseconds.
+        now_ms: u64,
+    },
+    /// Malformed bytes or fields.
+    #[error("malformed: {0}")]
+    Malformed(String),
+    /// A storage quota is exhausted.
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(String),
+}
+
+impl Rejection {
+    /// The stable reason code of this rejection.
+    pub fn code(&self) -> ReasonCode {
+        match self {
+            Rejection::TooLarge { .. } => ReasonCode::TooLarge,
+            Rejection::BadSignature(_) => ReasonCode::BadSignature,
+            Rejection::TargetMismatch { .. } => ReasonCode::TargetMismatch,
+            Rejection::Unauthorized { .. } => ReasonCode::Unauthorized,
+            Rejection::Stale { .. } => ReasonCode::Stale,
+            Rejection::Equivocation { .. } => ReasonCode::Equivocation,
+            Rejection::CasMismatch { .. } => ReasonCode::CasMismatch,
+            Rejection::Expired { .. } => ReasonCode::Expired,
+            Rejection::Malformed(_) => ReasonCode::Malformed,
+            Rejection::QuotaExceeded(_) => ReasonCode::QuotaExceeded,
+        }
+    }
+}
+
+/// A failure to decode bytes from the wire or from disk.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// More bytes than the configured limit.
+    #[error("message of {size} bytes exceeds the limit of {limit}")]
+    TooLarge {
+        /// Input size.
+        size: usize,
+        /// Limit.
+        limit: usize,
+    },
+    /// Not a valid protobuf message.
+    #[error("invalid protobuf: {0}")]
+    Protobuf(String),
+    /// Valid protobuf, invalid fields.
+    #[error("invalid field: {0}")]
+    Field(String),
+}
+
+impl From<DecodeError> for Rejection {
+    fn from(e: DecodeError) -> Self {
+        match e {
+            DecodeError::TooLarge { size, limit } => Rejection::TooLarge {
+                what: "message",
+                size,
+                limit,
+            },
+            other => Rejection::Malformed(other.to_string()),
+        }
+    }
+}
+
+/// A failure of a record store.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The item was refused by the rules.
+    #[error("rejected: {0}")]
+    Rejected(#[from] Rejection),
+    /// The on-disk database failed.
+    #[error("database error: {0}")]
+    Database(String),
+    /// A stored record could not be decoded (corruption).
+    #[error("corrupt stored record: {0}")]
+    Corrupt(#[from] DecodeError),
+    /// The store was closed.
+    #[error("store is closed")]
+    Closed,
+}
+
+impl StoreError {
+    /// The rejection, when the error is one.
+    pub fn rejection(&self) -> Option<&Rejection> {
+        match self {
+            StoreError::Rejected(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_codes_round_trip_through_tags_and_names() {
+        for code in ReasonCode::ALL {
+            assert_eq!(ReasonCode::from_tag(code.tag()), Some(code));
+            assert_eq!(ReasonCode::from_name(code.as_str()), Some(code));
+        }
+        assert_eq!(ReasonCode::from_tag(0), None);
+        assert_eq!(ReasonCode::from_tag(999), None);
+    }
+}

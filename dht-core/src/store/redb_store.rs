@@ -1,0 +1,503 @@
+//! The on-disk store on redb: the default for full nodes.
+//!
+//! Crash safety: a put returns only after the write transaction holding it committed
+//! with `Durability::Immediate` (fsync), so every acknowledged put survives a crash.
+//! Group commit: puts from many threads are queued to one writer thread, which applies
+//! everything queued in a single transaction and a single fsync, then answers each
+//! caller. Under load that turns thousands of fsyncs into a handful.
+
+use std::path::Path;
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::Mutex;
+use prost::Message;
+use redb::{Database, ReadableTable, Table, TableDefinition, WriteTransaction};
+
+use super::{
+    apply_put, apply_sweep, ChangedItem, Entry, IndexedTxn, PutOutcome, RecordStore, StoreConfig,
+    StoreStats,
+};
+use crate::error::{DecodeError, Rejection, StoreError};
+use crate::item::Target;
+use crate::keys::PublicKey;
+use crate::validation::{PutOptions, StoredItem, VerifiedItem};
+use crate::wire::{DecodeLimits, ItemProto};
+
+/// target -> encoded [`RecordProto`].
+const ITEMS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("items");
+/// change seq -> target.
+const BY_CHANGE: TableDefinition<u64, &[u8]> = TableDefinition::new("by_change");
+/// expiry (u64 BE) || target -> ().
+const BY_EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("by_expiry");
+/// expiry (u64 BE) || target -> (), only items of non-authorized signers.
+const EVICTABLE: TableDefinition<&[u8], ()> = TableDefinition::new("evictable");
+/// signer key -> items counted for it.
+const SIGNERS: TableDefinition<&[u8], u64> = TableDefinition::new("signers");
+/// counters.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+const META_TOTAL_BYTES: &str = "total_bytes";
+const META_ITEMS: &str = "items";
+const META_NEXT_CHANGE: &str = "next_change";
+
+/// Most items applied in one group commit.
+const MAX_GROUP: usize = 4096;
+
+/// A stored record on disk.
+#[derive(Clone, PartialEq, Message)]
+struct RecordProto {
+    #[prost(message, optional, tag = "1")]
+    item: Option<ItemProto>,
+    #[prost(uint64, tag = "2")]
+    expires_at_ms: u64,
+    #[prost(bool, tag = "3")]
+    by_authorized_publisher: bool,
+    #[prost(uint64, tag = "4")]
+    change_seq: u64,
+}
+
+/// Disk records were validated when stored; only the shape is checked on the way back.
+const DISK_LIMITS: DecodeLimits = DecodeLimits {
+    max_value_len: usize::MAX / 4,
+};
+
+fn encode_entry(e: &Entry) -> Vec<u8> {
+    RecordProto {
+        item: Some(ItemProto::from(&e.stored.item)),
+        expires_at_ms: e.stored.expires_at_ms,
+        by_authorized_publisher: e.stored.by_authorized_publisher,
+        change_seq: e.change_seq,
+    }
+    .encode_to_vec()
+}
+
+fn decode_entry(bytes: &[u8]) -> Result<Entry, StoreError> {
+    let rec = RecordProto::decode(bytes).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
+    let item = rec
+        .item
+        .ok_or_else(|| DecodeError::Field("record without item".into()))?
+        .into_item(&DISK_LIMITS)?;
+    Ok(Entry {
+        stored: StoredItem {
+            item,
+            expires_at_ms: rec.expires_at_ms,
+            by_authorized_publisher: rec.by_authorized_publisher,
+        },
+        change_seq: rec.change_seq,
+    })
+}
+
+fn expiry_key(expires_at_ms: u64, target: &Target) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..8].copy_from_slice(&expires_at_ms.to_be_bytes());
+    k[8..].copy_from_slice(target.as_bytes());
+    k
+}
+
+fn parse_expiry_key(k: &[u8]) -> Result<(u64, Target), StoreError> {
+    let corrupt = || StoreError::Corrupt(DecodeError::Field("bad expiry index key".into()));
+    let exp = u64::from_be_bytes(
+        k.get(..8)
+            .ok_or_else(corrupt)?
+            .try_into()
+            .map_err(|_| corrupt())?,
+    );
+    let target = Target::from_slice(k.get(8..).ok_or_else(corrupt)?).ok_or_else(corrupt)?;
+    Ok((exp, target))
+}
+
+fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+type BatchReply = Result<Vec<Result<PutOutcome, Rejection>>, StoreError>;
+
+struct WriteRequest {
+    items: Vec<(VerifiedItem, PutOptions)>,
+    reply: SyncSender<BatchReply>,
+}
+
+/// A [`RecordStore`] on disk (redb), with group commit.
+pub struct RedbStore {
+    db: Arc<Database>,
+    config: StoreConfig,
+    writer: Mutex<Option<Sender<WriteRequest>>>,
+    writer_thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedbStore {
+    /// Opens (creating if needed) the store at `path`.
+    pub fn open(path: impl AsRef<Path>, config: StoreConfig) -> Result<Self, StoreError> {
+        let db = Database::create(path.as_ref()).map_err(db_err)?;
+        let txn = db.begin_write().map_err(db_err)?;
+        {
+            RedbTxn::open(&txn)?;
+        }
+        txn.commit().map_err(db_err)?;
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::channel();
+        let thread = {
+            let db = db.clone();
+            let config = config.clone();
+            std::thread::Builder::new()
+                .name("redb-writer".into())
+                .spawn(move || writer_loop(&db, &config, rx))
+                .map_err(db_err)?
+        };
+        Ok(RedbStore {
+            db,
+            config,
+            writer: Mutex::new(Some(tx)),
+            writer_thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    fn now(&self) -> u64 {
+        (self.config.clock)()
+    }
+
+    fn read<R>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        f(&txn)
+    }
+
+    /// Stops the writer thread after it finished what is queued.
+    pub fn close(&self) {
+        self.writer.lock().take();
+        if let Some(t) = self.writer_thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn writer_loop(db: &Database, config: &StoreConfig, rx: Receiver<WriteRequest>) {
+    while let Ok(first) = rx.recv() {
+        let mut queued = first.items.len();
+        let mut batch = vec![first];
+        while queued < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(r) => {
+                    queued += r.items.len();
+                    batch.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        let now = (config.clock)();
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut work = Vec::with_capacity(batch.len());
+        for req in batch {
+            replies.push(req.reply);
+            work.push(req.items);
+        }
+        match commit_group(db, config, work, now) {
+            Ok(results) => {
+                for (reply, r) in replies.into_iter().zip(results) {
+                    let _ = reply.send(Ok(r));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "redb group commit failed");
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn commit_group(
+    db: &Database,
+    config: &StoreConfig,
+    work: Vec<Vec<(VerifiedItem, PutOptions)>>,
+    now: u64,
+) -> Result<Vec<Vec<Result<PutOutcome, Rejection>>>, StoreError> {
+    let txn = db.begin_write().map_err(db_err)?;
+    let mut results = Vec::with_capacity(work.len());
+    {
+        let mut t = RedbTxn::open(&txn)?;
+        for items in work {
+            let mut rs = Vec::with_capacity(items.len());
+            for (item, opts) in items {
+                rs.push(apply_put(&mut t, config, item, opts, now)?);
+            }
+            results.push(rs);
+        }
+    }
+    txn.commit().map_err(db_err)?;
+    Ok(results)
+}
+
+/// The tables of one write transaction.
+struct RedbTxn<'t> {
+    items: Table<'t, &'static [u8], &'static [u8]>,
+    by_change: Table<'t, u64, &'static [u8]>,
+    by_expiry: Table<'t, &'static [u8], ()>,
+    evictable: Table<'t, &'static [u8], ()>,
+    signers: Table<'t, &'static [u8], u64>,
+    meta: Table<'t, &'static str, u64>,
+}
+
+impl<'t> RedbTxn<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+        Ok(RedbTxn {
+            items: txn.open_table(ITEMS).map_err(db_err)?,
+            by_change: txn.open_table(BY_CHANGE).map_err(db_err)?,
+            by_expiry: txn.open_table(BY_EXPIRY).map_err(db_err)?,
+            evictable: txn.open_table(EVICTABLE).map_err(db_err)?,
+            signers: txn.open_table(SIGNERS).map_err(db_err)?,
+            meta: txn.open_table(META).map_err(db_err)?,
+        })
+    }
+
+    fn meta(&self, key: &str) -> Result<u64, StoreError> {
+        Ok(self.meta.get(key).map_err(db_err)?.map_or(0, |v| v.value()))
+    }
+
+    fn add_meta(&mut self, key: &str, delta: i64) -> Result<(), StoreError> {
+        let v = self.meta(key)?.saturating_add_signed(delta);
+        self.meta.insert(key, v).map_err(db_err)?;
+        Ok(())
+    }
+
+    fn add_signer(&mut self, signer: &PublicKey, delta: i64) -> Result<(), StoreError> {
+        let k = signer.as_bytes();
+        let v = self
+            .signers
+            .get(k)
+            .map_err(db_err)?
+            .map_or(0, |v| v.value());
+        let n = v.saturating_add_signed(delta);
+        if n == 0 {
+            self.signers.remove(k).map_err(db_err)?;
+        } else {
+            self.signers.insert(k, n).map_err(db_err)?;
+        }
+        Ok(())
+    }
+
+    fn unindex(&mut self, old: &Entry) -> Result<(), StoreError> {
+        let target = old.stored.item.target();
+        let ek = expiry_key(old.stored.expires_at_ms, &target);
+        self.by_change.remove(old.change_seq).map_err(db_err)?;
+        self.by_expiry.remove(&ek[..]).map_err(db_err)?;
+        if let Some(signer) = old.quota_signer() {
+            self.evictable.remove(&ek[..]).map_err(db_err)?;
+            self.add_signer(signer, -1)?;
+        }
+        self.add_meta(META_TOTAL_BYTES, -(old.size() as i64))?;
+        self.add_meta(META_ITEMS, -1)?;
+        Ok(())
+    }
+}
+
+fn first_key(table: &Table<'_, &'static [u8], ()>) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(table
+        .first()
+        .map_err(db_err)?
+        .map(|(k, _)| k.value().to_vec()))
+}
+
+impl IndexedTxn for RedbTxn<'_> {
+    fn entry(&mut self, target: &Target) -> Result<Option<Entry>, StoreError> {
+        match self.items.get(&target.as_bytes()[..]).map_err(db_err)? {
+            Some(v) => decode_entry(v.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn write_entry(&mut self, new: &Entry, old: Option<&Entry>) -> Result<(), StoreError> {
+        if let Some(old) = old {
+            self.unindex(old)?;
+        }
+        let target = new.stored.item.target();
+        let ek = expiry_key(new.stored.expires_at_ms, &target);
+        self.by_change
+            .insert(new.change_seq, &target.as_bytes()[..])
+            .map_err(db_err)?;
+        self.by_expiry.insert(&ek[..], ()).map_err(db_err)?;
+        if let Some(signer) = new.quota_signer() {
+            self.evictable.insert(&ek[..], ()).map_err(db_err)?;
+            self.add_signer(signer, 1)?;
+        }
+        self.add_meta(META_TOTAL_BYTES, new.size() as i64)?;
+        self.add_meta(META_ITEMS, 1)?;
+        self.items
+            .insert(&target.as_bytes()[..], &encode_entry(new)[..])
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn remove_entry(&mut self, old: &Entry) -> Result<(), StoreError> {
+        self.unindex(old)?;
+        self.items
+            .remove(&old.stored.item.target().as_bytes()[..])
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn signer_count(&mut self, signer: &PublicKey) -> Result<u64, StoreError> {
+        Ok(self
+            .signers
+            .get(signer.as_bytes())
+            .map_err(db_err)?
+            .map_or(0, |v| v.value()))
+    }
+
+    fn total_bytes(&mut self) -> Result<u64, StoreError> {
+        self.meta(META_TOTAL_BYTES)
+    }
+
+    fn next_change_seq(&mut self) -> Result<u64, StoreError> {
+        let n = self.meta(META_NEXT_CHANGE)? + 1;
+        self.meta.insert(META_NEXT_CHANGE, n).map_err(db_err)?;
+        Ok(n)
+    }
+
+    fn soonest_evictable(&mut self, except: &Target) -> Result<Option<Target>, StoreError> {
+        for row in self.evictable.iter().map_err(db_err)?.take(2) {
+            let (k, _) = row.map_err(db_err)?;
+            let (_, t) = parse_expiry_key(k.value())?;
+            if t != *except {
+                return Ok(Some(t));
+            }
+        }
+        Ok(None)
+    }
+
+    fn soonest_expiring(&mut self) -> Result<Option<(u64, Target)>, StoreError> {
+        first_key(&self.by_expiry)?
+            .map(|k| parse_expiry_key(&k))
+            .transpose()
+    }
+}
+
+impl RecordStore for RedbStore {
+    fn get(&self, target: &Target) -> Result<Option<StoredItem>, StoreError> {
+        let now = self.now();
+        self.read(|txn| {
+            let table = txn.open_table(ITEMS).map_err(db_err)?;
+            let Some(v) = table.get(&target.as_bytes()[..]).map_err(db_err)? else {
+                return Ok(None);
+            };
+            let e = decode_entry(v.value())?;
+            Ok((!e.stored.is_expired(now)).then_some(e.stored))
+        })
+    }
+
+    fn put_batch(
+        &self,
+        items: Vec<(VerifiedItem, PutOptions)>,
+    ) -> Result<Vec<Result<PutOutcome, Rejection>>, StoreError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, answer) = mpsc::sync_channel(1);
+        {
+            let writer = self.writer.lock();
+            let writer = writer.as_ref().ok_or(StoreError::Closed)?;
+            writer
+                .send(WriteRequest { items, reply })
+                .map_err(|_| StoreError::Closed)?;
+        }
+        answer.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    fn range_page(
+        &self,
+        from: Target,
+        to: Target,
+        limit: usize,
+    ) -> Result<Vec<StoredItem>, StoreError> {
+        if from > to {
+            return Ok(Vec::new());
+        }
+        let now = self.now();
+        self.read(|txn| {
+            let table = txn.open_table(ITEMS).map_err(db_err)?;
+            let mut out = Vec::new();
+            for row in table
+                .range(&from.as_bytes()[..]..=&to.as_bytes()[..])
+                .map_err(db_err)?
+            {
+                let (_, v) = row.map_err(db_err)?;
+                let e = decode_entry(v.value())?;
+                if !e.stored.is_expired(now) {
+                    out.push(e.stored);
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn changes_page(&self, since: u64, limit: usize) -> Result<Vec<ChangedItem>, StoreError> {
+        let now = self.now();
+        self.read(|txn| {
+            let changes = txn.open_table(BY_CHANGE).map_err(db_err)?;
+            let items = txn.open_table(ITEMS).map_err(db_err)?;
+            let mut out = Vec::new();
+            for row in changes.range(since.saturating_add(1)..).map_err(db_err)? {
+                let (seq, target) = row.map_err(db_err)?;
+                if let Some(v) = items.get(target.value()).map_err(db_err)? {
+                    let e = decode_entry(v.value())?;
+                    if !e.stored.is_expired(now) {
+                        out.push(ChangedItem {
+                            change_seq: seq.value(),
+                            stored: e.stored,
+                        });
+                        if out.len() >= limit {
+                            break;
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn sweep_expired(&self, limit: usize) -> Result<usize, StoreError> {
+        let now = self.now();
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let removed = {
+            let mut t = RedbTxn::open(&txn)?;
+            apply_sweep(&mut t, now, limit)?
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(removed)
+    }
+
+    fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.read(|txn| {
+            let meta = txn.open_table(META).map_err(db_err)?;
+            let get = |k| -> Result<u64, StoreError> {
+                Ok(meta.get(k).map_err(db_err)?.map_or(0, |v| v.value()))
+            };
+            Ok(StoreStats {
+                items: get(META_ITEMS)?,
+                bytes: get(META_TOTAL_BYTES)?,
+            })
+        })
+    }
+}
