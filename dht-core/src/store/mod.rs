@@ -214,6 +214,31 @@ impl<S: RecordStore + ?Sized> RecordStore for Arc<S> {
     }
 }
 
+/// [`RecordStore::changed_since`] for any store, trait objects included.
+pub fn changed_since<S: RecordStore + ?Sized>(store: &S, since: u64) -> ChangesIter<'_, S> {
+    ChangesIter {
+        store,
+        cursor: since,
+        done: false,
+        page: Vec::new().into_iter(),
+    }
+}
+
+/// [`RecordStore::iter_range`] for any store, trait objects included.
+pub fn iter_range<S: RecordStore + ?Sized>(store: &S, from: Target, to: Target) -> RangeIter<'_, S> {
+    RangeIter {
+        store,
+        next_from: Some(from),
+        to,
+        page: Vec::new().into_iter(),
+    }
+}
+
+/// Every live item of any store, trait objects included, ascending by target.
+pub fn iter_all<S: RecordStore + ?Sized>(store: &S) -> RangeIter<'_, S> {
+    iter_range(store, Target([0; 32]), Target([0xff; 32]))
+}
+
 /// Streaming iterator over a target range (see [`RecordStore::iter_range`]).
 pub struct RangeIter<'a, S: RecordStore + ?Sized> {
     store: &'a S,

@@ -1,0 +1,128 @@
+//! Node configuration, with defaults fit for a production full node.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dht_core::store::StoreLimits;
+use dht_core::Policy;
+use libp2p::Multiaddr;
+
+/// Default TCP (and UDP for QUIC) port of a full node.
+pub const DEFAULT_PORT: u16 = 9480;
+
+/// Whether the node stores and routes for others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeMode {
+    /// Full node: in routing tables, stores items for others, answers queries.
+    Full,
+    /// Client (visors): queries and publishes, never enters routing tables, stores nothing
+    /// for others.
+    Client,
+}
+
+/// Per-peer inbound request rate limit (token bucket).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Sustained requests per second.
+    pub per_second: f64,
+    /// Burst size.
+    pub burst: f64,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit {
+            per_second: 200.0,
+            burst: 2_000.0,
+        }
+    }
+}
+
+/// Everything a node needs to run.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Full node or client.
+    pub mode: NodeMode,
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Bootstrap peers (`/ip4/../tcp/../p2p/<peer id>`).
+    pub bootstrap: Vec<Multiaddr>,
+    /// Where the redb store, the node key and the saved routing table live. `None`: an
+    /// in-memory store and nothing saved.
+    pub data_dir: Option<PathBuf>,
+    /// What items are accepted.
+    pub policy: Policy,
+    /// Store quotas.
+    pub store_limits: StoreLimits,
+    /// Replicas per item (Kademlia k).
+    pub replication: usize,
+    /// Peers asked in parallel by the fast read path (Kademlia alpha).
+    pub parallelism: usize,
+    /// Time allowed for one request to one peer.
+    pub request_timeout: Duration,
+    /// Time allowed for a lookup of the closest peers.
+    pub lookup_timeout: Duration,
+    /// Interval of the republish pass (jittered by +-10%).
+    pub republish_interval: Duration,
+    /// Interval of the expiry sweep.
+    pub sweep_interval: Duration,
+    /// How often the routing table is saved to the data directory.
+    pub save_interval: Duration,
+    /// Idle connections are kept this long.
+    pub idle_connection_timeout: Duration,
+    /// Per-peer inbound rate limit.
+    pub rate_limit: RateLimit,
+    /// Most routing-table peers from one IPv4 /24 or IPv6 /48 (loopback exempt, so local
+    /// testnets work). `None`: no limit.
+    pub max_peers_per_ip_range: Option<usize>,
+    /// Also listen on QUIC (UDP) beside TCP.
+    pub quic: bool,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            mode: NodeMode::Full,
+            listen: vec![
+                format!("/ip4/0.0.0.0/tcp/{DEFAULT_PORT}")
+                    .parse()
+                    .expect("valid multiaddr"),
+                format!("/ip4/0.0.0.0/udp/{DEFAULT_PORT}/quic-v1")
+                    .parse()
+                    .expect("valid multiaddr"),
+            ],
+            bootstrap: Vec::new(),
+            data_dir: None,
+            policy: Policy::default(),
+            store_limits: StoreLimits::default(),
+            replication: 20,
+            parallelism: 3,
+            request_timeout: Duration::from_secs(5),
+            lookup_timeout: Duration::from_secs(10),
+            republish_interval: Duration::from_secs(60 * 60),
+            sweep_interval: Duration::from_secs(60),
+            save_interval: Duration::from_secs(30),
+            idle_connection_timeout: Duration::from_secs(600),
+            rate_limit: RateLimit::default(),
+            max_peers_per_ip_range: Some(8),
+            quic: true,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// A config for a node on 127.0.0.1 with OS-chosen ports (tests, testnets).
+    pub fn local() -> Self {
+        NodeConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr")],
+            quic: false,
+            ..NodeConfig::default()
+        }
+    }
+
+    /// Largest item-protocol message: two full values plus room for the rest.
+    pub fn max_message_len(&self) -> usize {
+        (self.policy.max_value_len.saturating_mul(2)).max(4 * 1024 * 1024) + 64 * 1024
+    }
+}

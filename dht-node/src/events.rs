@@ -1,0 +1,34 @@
+//! Events a host can observe.
+
+use dht_core::Target;
+use libp2p::PeerId;
+
+/// Something that happened in the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// A peer entered the routing table.
+    PeerAdded(PeerId),
+    /// A kad bootstrap round finished.
+    BootstrapFinished,
+    /// An item was stored (or refreshed) in the local store.
+    ItemStored {
+        /// Its target.
+        target: Target,
+        /// Its seq.
+        seq: u64,
+        /// Whether it is a tombstone.
+        tombstone: bool,
+    },
+    /// The start-up catch-up sync finished.
+    CatchUpFinished {
+        /// Items pulled and accepted.
+        items: usize,
+        /// Peers synced from.
+        peers: usize,
+    },
+    /// Items were handed to peers that became responsible for them.
+    HandedOff {
+        /// Items sent.
+        items: usize,
+    },
+}

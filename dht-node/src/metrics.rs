@@ -1,0 +1,192 @@
+//! Prometheus metrics of a node: what operators watch.
+
+use std::sync::atomic::AtomicU64;
+
+use parking_lot::Mutex;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Labels of put outcomes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PutLabels {
+    /// "accepted" or "rejected".
+    pub result: String,
+    /// Reason code when rejected, the admission ("inserted", "replaced", "refreshed")
+    /// when accepted.
+    pub reason: String,
+}
+
+/// Labels of inbound requests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// "put", "get", "sync".
+    pub kind: String,
+}
+
+/// Labels of gets.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GetLabels {
+    /// "first" or "quorum".
+    pub mode: String,
+}
+
+/// Labels by salt.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SaltLabels {
+    /// The salt, lossily as text.
+    pub salt: String,
+}
+
+/// The node's metrics; registered in [`Metrics::registry`].
+pub struct Metrics {
+    /// Peers in the routing table.
+    pub routing_table_peers: Gauge,
+    /// Connected peers.
+    pub connected_peers: Gauge,
+    /// Items in the local store (including tombstones).
+    pub items_stored: Gauge,
+    /// Bytes in the local store.
+    pub store_bytes: Gauge<u64, AtomicU64>,
+    /// Puts arriving at this node's store, by result and reason.
+    pub puts: Family<PutLabels, Counter>,
+    /// Inbound requests by kind.
+    pub inbound_requests: Family<RequestLabels, Counter>,
+    /// Inbound requests refused by the rate limiter.
+    pub rate_limited: Counter,
+    /// Latency of this node's gets.
+    pub get_latency: Family<GetLabels, Histogram>,
+    /// Items accepted by salt.
+    pub items_accepted_by_salt: Family<SaltLabels, Counter>,
+    registry: Mutex<Registry>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let m = Metrics {
+            routing_table_peers: Gauge::default(),
+            connected_peers: Gauge::default(),
+            items_stored: Gauge::default(),
+            store_bytes: Gauge::default(),
+            puts: Family::default(),
+            inbound_requests: Family::default(),
+            rate_limited: Counter::default(),
+            get_latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+            }),
+            items_accepted_by_salt: Family::default(),
+            registry: Mutex::new(Registry::with_prefix("dht")),
+        };
+        {
+            let mut r = m.registry.lock();
+            r.register(
+                "routing_table_peers",
+                "Peers in the routing table",
+                m.routing_table_peers.clone(),
+            );
+            r.register(
+                "connected_peers",
+                "Connected peers",
+                m.connected_peers.clone(),
+            );
+            r.register(
+                "items_stored",
+                "Items in the local store",
+                m.items_stored.clone(),
+            );
+            r.register(
+                "store_bytes",
+                "Bytes in the local store",
+                m.store_bytes.clone(),
+            );
+            r.register(
+                "puts",
+                "Puts into the local store by result and reason",
+                m.puts.clone(),
+            );
+            r.register(
+                "inbound_requests",
+                "Inbound item requests by kind",
+                m.inbound_requests.clone(),
+            );
+            r.register(
+                "rate_limited",
+                "Inbound requests refused by the rate limiter",
+                m.rate_limited.clone(),
+            );
+            r.register(
+                "get_latency_seconds",
+                "Latency of gets issued by this node",
+                m.get_latency.clone(),
+            );
+            r.register(
+                "items_accepted_by_salt",
+                "Items accepted into the local store by salt",
+                m.items_accepted_by_salt.clone(),
+            );
+        }
+        m
+    }
+
+    /// Lets a host register its own metrics next to the node's.
+    pub fn register(&self, f: impl FnOnce(&mut Registry)) {
+        f(&mut self.registry.lock());
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry.lock()).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// Counts one put outcome.
+    pub fn count_put(
+        &self,
+        salt: &[u8],
+        result: Result<dht_core::Admission, dht_core::ReasonCode>,
+    ) {
+        let (result, reason) = match result {
+            Ok(a) => {
+                self.items_accepted_by_salt
+                    .get_or_create(&SaltLabels {
+                        salt: String::from_utf8_lossy(salt).into_owned(),
+                    })
+                    .inc();
+                (
+                    "accepted",
+                    match a {
+                        dht_core::Admission::Insert => "inserted",
+                        dht_core::Admission::Replace { .. } => "replaced",
+                        dht_core::Admission::Refresh => "refreshed",
+                    },
+                )
+            }
+            Err(code) => ("rejected", code.as_str()),
+        };
+        self.puts
+            .get_or_create(&PutLabels {
+                result: result.into(),
+                reason: reason.into(),
+            })
+            .inc();
+    }
+}

@@ -1,0 +1,518 @@
+//! The swarm task: owns the libp2p swarm (kad for routing, identify, and the item
+//! protocol), runs lookups and requests for the node's API, hands inbound requests to the
+//! [`crate::inbound`] handler, and keeps the shared [`RoutingView`] current.
+
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dht_core::Target;
+use futures::StreamExt;
+use libp2p::kad::{self, QueryId, QueryResult};
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{identify, identity, Multiaddr, PeerId, Swarm};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::config::{NodeConfig, NodeMode};
+use crate::events::NodeEvent;
+use crate::inbound::Inbound;
+use crate::protocol::{
+    error_response, ItemCodec, RequestProto, ResponseProto, ITEM_PROTOCOL, KAD_PROTOCOL,
+};
+use crate::routing::{ip_range, is_dialable, RoutingView};
+use crate::NodeError;
+
+/// The combined behaviour of a node.
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    identify: identify::Behaviour,
+    items: request_response::Behaviour<ItemCodec>,
+}
+
+/// What the node's API asks of the swarm task.
+pub enum Command {
+    /// Iterative lookup of the closest peers to a target.
+    Lookup {
+        /// Target.
+        target: Target,
+        /// Answer: peers with addresses, nearest first.
+        reply: oneshot::Sender<Vec<(PeerId, Vec<Multiaddr>)>>,
+    },
+    /// One item-protocol request to one peer.
+    Request {
+        /// Peer.
+        peer: PeerId,
+        /// Addresses to dial if not connected.
+        addrs: Vec<Multiaddr>,
+        /// Request.
+        request: RequestProto,
+        /// Answer.
+        reply: oneshot::Sender<Result<ResponseProto, NodeError>>,
+    },
+    /// Answer an inbound request.
+    Respond {
+        /// Channel of the inbound request.
+        channel: ResponseChannel<ResponseProto>,
+        /// Response.
+        response: ResponseProto,
+    },
+    /// Dial an address (bootstrap).
+    Dial(Multiaddr),
+    /// Add a known peer address to the routing table.
+    AddPeer(PeerId, Multiaddr),
+    /// Run a kad bootstrap (refresh buckets).
+    Bootstrap,
+    /// Current listen addresses.
+    ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    /// Number of connected peers.
+    ConnectedPeers(oneshot::Sender<usize>),
+    /// Stop the swarm task.
+    Shutdown,
+}
+
+/// Per-peer token buckets for inbound requests.
+struct RateLimiter {
+    per_second: f64,
+    burst: f64,
+    buckets: HashMap<PeerId, (f64, Instant)>,
+}
+
+impl RateLimiter {
+    fn allow(&mut self, peer: PeerId) -> bool {
+        let now = Instant::now();
+        let (tokens, last) = self.buckets.entry(peer).or_insert((self.burst, now));
+        *tokens =
+            (*tokens + now.duration_since(*last).as_secs_f64() * self.per_second).min(self.burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn forget(&mut self, peer: &PeerId) {
+        self.buckets.remove(peer);
+    }
+}
+
+/// State shared between the swarm task and the node API.
+pub struct Shared {
+    /// Snapshot of the routing table.
+    pub view: RoutingView,
+    /// Events for the host.
+    pub events: tokio::sync::broadcast::Sender<NodeEvent>,
+    /// Metrics.
+    pub metrics: crate::metrics::Metrics,
+}
+
+/// Builds the swarm.
+pub fn build_swarm(
+    keypair: identity::Keypair,
+    config: &NodeConfig,
+) -> Result<Swarm<Behaviour>, NodeError> {
+    let local_id = keypair.public().to_peer_id();
+    let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+    kad_config
+        .set_replication_factor(NonZeroUsize::new(config.replication.max(1)).expect("max(1)"))
+        .set_parallelism(NonZeroUsize::new(config.parallelism.max(1)).expect("max(1)"))
+        .set_query_timeout(config.lookup_timeout)
+        // Items travel in this project's own protocol, never in kad records: disable the
+        // record jobs that would collect every record into one Vec.
+        .set_replication_interval(None)
+        .set_publication_interval(None)
+        .set_record_ttl(None)
+        .set_provider_publication_interval(None)
+        .set_record_filtering(kad::StoreInserts::FilterBoth)
+        .set_periodic_bootstrap_interval(Some(Duration::from_secs(5 * 60)));
+    let max_message_len = config.max_message_len();
+    let mode = config.mode;
+    let idle = config.idle_connection_timeout;
+    let request_timeout = config.request_timeout;
+
+    let behaviour = move |key: &identity::Keypair| {
+        let kad = kad::Behaviour::with_config(
+            local_id,
+            kad::store::MemoryStore::new(local_id),
+            kad_config,
+        );
+        let identify = identify::Behaviour::new(
+            identify::Config::new("/skywire-dht/id/1.0.0".into(), key.public())
+                .with_agent_version(format!("dht-node/{}", env!("CARGO_PKG_VERSION"))),
+        );
+        let support = match mode {
+            NodeMode::Full => ProtocolSupport::Full,
+            NodeMode::Client => ProtocolSupport::Outbound,
+        };
+        let items = request_response::Behaviour::with_codec(
+            ItemCodec { max_message_len },
+            [(ITEM_PROTOCOL, support)],
+            request_response::Config::default()
+                .with_request_timeout(request_timeout)
+                .with_max_concurrent_streams(1024),
+        );
+        Behaviour {
+            kad,
+            identify,
+            items,
+        }
+    };
+
+    let builder = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default().nodelay(true),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .map_err(|e| NodeError::Transport(e.to_string()))?;
+    let mut swarm = if config.quic {
+        builder
+            .with_quic()
+            .with_behaviour(behaviour)
+            .map_err(|e| NodeError::Transport(e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+            .build()
+    } else {
+        builder
+            .with_behaviour(behaviour)
+            .map_err(|e| NodeError::Transport(e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+            .build()
+    };
+    swarm.behaviour_mut().kad.set_mode(Some(match config.mode {
+        NodeMode::Full => kad::Mode::Server,
+        NodeMode::Client => kad::Mode::Client,
+    }));
+    Ok(swarm)
+}
+
+/// The swarm event loop.
+pub struct Driver {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    self_tx: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+    inbound: Option<Arc<Inbound>>,
+    lookups: HashMap<QueryId, oneshot::Sender<Vec<(PeerId, Vec<Multiaddr>)>>>,
+    requests: HashMap<OutboundRequestId, oneshot::Sender<Result<ResponseProto, NodeError>>>,
+    limiter: RateLimiter,
+    max_per_range: Option<usize>,
+    view_dirty: bool,
+}
+
+impl Driver {
+    /// Creates the driver.
+    pub fn new(
+        swarm: Swarm<Behaviour>,
+        commands: mpsc::Receiver<Command>,
+        self_tx: mpsc::Sender<Command>,
+        shared: Arc<Shared>,
+        inbound: Option<Arc<Inbound>>,
+        config: &NodeConfig,
+    ) -> Self {
+        Driver {
+            swarm,
+            commands,
+            self_tx,
+            shared,
+            inbound,
+            lookups: HashMap::new(),
+            requests: HashMap::new(),
+            limiter: RateLimiter {
+                per_second: config.rate_limit.per_second,
+                burst: config.rate_limit.burst,
+                buckets: HashMap::new(),
+            },
+            max_per_range: config.max_peers_per_ip_range,
+            view_dirty: true,
+        }
+    }
+
+    /// Runs until shutdown.
+    pub async fn run(mut self) {
+        let mut refresh = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                cmd = self.commands.recv() => match cmd {
+                    None | Some(Command::Shutdown) => break,
+                    Some(cmd) => self.on_command(cmd),
+                },
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                _ = refresh.tick() => {
+                    if self.view_dirty {
+                        self.refresh_view();
+                    }
+                    self.shared
+                        .metrics
+                        .connected_peers
+                        .set(self.swarm.connected_peers().count() as i64);
+                }
+            }
+        }
+        debug!("swarm task stopped");
+    }
+
+    fn refresh_view(&mut self) {
+        let mut peers = HashMap::new();
+        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+            for e in bucket.iter() {
+                peers.insert(
+                    *e.node.key.preimage(),
+                    e.node.value.iter().cloned().collect(),
+                );
+            }
+        }
+        self.shared
+            .metrics
+            .routing_table_peers
+            .set(peers.len() as i64);
+        self.shared.view.replace(peers);
+        self.view_dirty = false;
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Lookup { target, reply } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_closest_peers(target.as_bytes().to_vec());
+                self.lookups.insert(id, reply);
+            }
+            Command::Request {
+                peer,
+                addrs,
+                request,
+                reply,
+            } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .items
+                    .send_request_with_addresses(&peer, request, addrs);
+                self.requests.insert(id, reply);
+            }
+            Command::Respond { channel, response } => {
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .items
+                    .send_response(channel, response)
+                    .is_err()
+                {
+                    debug!("response dropped: requester went away");
+                }
+            }
+            Command::Dial(addr) => {
+                if let Err(e) = self.swarm.dial(addr.clone()) {
+                    warn!(%addr, error = %e, "dial failed");
+                }
+            }
+            Command::AddPeer(peer, addr) => {
+                self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+                self.view_dirty = true;
+            }
+            Command::Bootstrap => {
+                if let Err(e) = self.swarm.behaviour_mut().kad.bootstrap() {
+                    debug!(error = %e, "bootstrap: no known peers");
+                }
+            }
+            Command::ListenAddrs(reply) => {
+                let _ = reply.send(self.swarm.listeners().cloned().collect());
+            }
+            Command::ConnectedPeers(reply) => {
+                let _ = reply.send(self.swarm.connected_peers().count());
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.on_kad(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                // Only peers serving kad (full nodes) enter the routing table; a client
+                // node learns full nodes' addresses the same way for its own lookups.
+                if info.protocols.contains(&KAD_PROTOCOL) {
+                    for addr in info.listen_addrs.into_iter().filter(is_dialable) {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                    self.view_dirty = true;
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(_)) => {}
+            SwarmEvent::Behaviour(BehaviourEvent::Items(e)) => self.on_items(e),
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(%address, "listening");
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                self.limiter.forget(&peer_id);
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                debug!(?peer_id, %error, "outgoing connection failed");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_kad(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::OutboundQueryProgressed {
+                id,
+                result: QueryResult::GetClosestPeers(r),
+                step,
+                ..
+            } => {
+                let peers = match r {
+                    Ok(ok) => ok.peers,
+                    Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                };
+                if step.last {
+                    if let Some(reply) = self.lookups.remove(&id) {
+                        let _ =
+                            reply.send(peers.into_iter().map(|p| (p.peer_id, p.addrs)).collect());
+                    }
+                }
+            }
+            kad::Event::OutboundQueryProgressed {
+                result: QueryResult::Bootstrap(r),
+                step,
+                ..
+            } => {
+                if step.last {
+                    debug!(ok = r.is_ok(), "bootstrap round finished");
+                    self.view_dirty = true;
+                    let _ = self.shared.events.send(NodeEvent::BootstrapFinished);
+                }
+            }
+            kad::Event::RoutingUpdated {
+                peer,
+                is_new_peer,
+                addresses,
+                ..
+            } => {
+                if is_new_peer && !self.admit_by_ip_range(&peer, addresses.iter()) {
+                    self.swarm.behaviour_mut().kad.remove_peer(&peer);
+                    warn!(%peer, "routing table: too many peers from one IP range");
+                    return;
+                }
+                self.view_dirty = true;
+                if is_new_peer {
+                    self.refresh_view();
+                    let _ = self.shared.events.send(NodeEvent::PeerAdded(peer));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether a new peer may enter the routing table under the per-IP-range bound.
+    fn admit_by_ip_range<'a>(
+        &mut self,
+        peer: &PeerId,
+        addrs: impl Iterator<Item = &'a Multiaddr>,
+    ) -> bool {
+        let Some(max) = self.max_per_range else {
+            return true;
+        };
+        let ranges: HashSet<Vec<u8>> = addrs.filter_map(ip_range).collect();
+        if ranges.is_empty() {
+            return true;
+        }
+        let mut counts: HashMap<Vec<u8>, usize> = HashMap::new();
+        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+            for e in bucket.iter() {
+                if e.node.key.preimage() == peer {
+                    continue;
+                }
+                let theirs: HashSet<Vec<u8>> = e.node.value.iter().filter_map(ip_range).collect();
+                for r in theirs {
+                    *counts.entry(r).or_default() += 1;
+                }
+            }
+        }
+        ranges
+            .iter()
+            .all(|r| counts.get(r).copied().unwrap_or(0) < max)
+    }
+
+    fn on_items(&mut self, event: request_response::Event<RequestProto, ResponseProto>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    self.on_inbound(peer, request, channel);
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(reply) = self.requests.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                request_id,
+                error,
+                peer,
+                ..
+            } => {
+                debug!(%peer, %error, "request failed");
+                if let Some(reply) = self.requests.remove(&request_id) {
+                    let _ = reply.send(Err(NodeError::Request(error.to_string())));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                debug!(%peer, %error, "inbound request failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_inbound(
+        &mut self,
+        peer: PeerId,
+        request: RequestProto,
+        channel: ResponseChannel<ResponseProto>,
+    ) {
+        let Some(inbound) = self.inbound.clone() else {
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .items
+                .send_response(channel, error_response("not_serving", "client-mode node"));
+            return;
+        };
+        if !self.limiter.allow(peer) {
+            self.shared.metrics.rate_limited.inc();
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .items
+                .send_response(channel, error_response("rate_limited", "too many requests"));
+            return;
+        }
+        let tx = self.self_tx.clone();
+        tokio::spawn(async move {
+            let response = inbound.handle(peer, request).await;
+            let _ = tx.send(Command::Respond { channel, response }).await;
+        });
+    }
+}

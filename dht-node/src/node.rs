@@ -1,0 +1,909 @@
+//! The node API: build, put, get, delete, closest peers, stats, events, shutdown.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dht_core::store::{RecordStore, RedbStore, StoreConfig};
+use dht_core::wire::DecodeLimits;
+use dht_core::{
+    Admission, MutableItem, PublicKey, PutOptions, ReasonCode, SigningKey, Target, Validator,
+};
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use libp2p::{identity, Multiaddr, PeerId};
+use parking_lot::Mutex;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, instrument, warn};
+
+use crate::config::{NodeConfig, NodeMode};
+use crate::events::NodeEvent;
+use crate::inbound::Inbound;
+use crate::metrics::{GetLabels, Metrics};
+use crate::network::{build_swarm, Command, Driver, Shared};
+use crate::protocol::{
+    put_item_proto, request_proto, response_proto, GetRequestProto, PutRequestProto, RequestProto,
+    ResponseProto,
+};
+use crate::report::{
+    Found, GetMode, GetReport, Lookup, NodeStats, PutReport, ReplicaOutcome, ReplicaResult,
+};
+use crate::routing::{load_peers, save_peers};
+use crate::NodeError;
+
+/// File names inside the data directory.
+const KEY_FILE: &str = "node.key";
+const STORE_FILE: &str = "items.redb";
+const PEERS_FILE: &str = "peers.json";
+
+/// A running DHT node. Cheap to clone; all clones drive the same node.
+#[derive(Clone)]
+pub struct Node {
+    pub(crate) inner: Arc<NodeInner>,
+}
+
+pub(crate) struct NodeInner {
+    pub peer_id: PeerId,
+    pub config: NodeConfig,
+    pub validator: Validator,
+    pub store: Option<Arc<dyn RecordStore>>,
+    pub commands: mpsc::Sender<Command>,
+    pub shared: Arc<Shared>,
+    pub tasks: Mutex<Vec<JoinHandle<()>>>,
+    pub listen_addrs: Vec<Multiaddr>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("peer_id", &self.inner.peer_id)
+            .field("mode", &self.inner.config.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Node`].
+#[derive(Default)]
+pub struct NodeBuilder {
+    config: NodeConfig,
+    keypair: Option<identity::Keypair>,
+    store: Option<Arc<dyn RecordStore>>,
+}
+
+impl NodeBuilder {
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: NodeConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Full node or client.
+    pub fn mode(mut self, mode: NodeMode) -> Self {
+        self.config.mode = mode;
+        self
+    }
+
+    /// Listen addresses (replacing the defaults).
+    pub fn listen(mut self, addrs: Vec<Multiaddr>) -> Self {
+        self.config.listen = addrs;
+        self
+    }
+
+    /// Adds a bootstrap peer.
+    pub fn bootstrap(mut self, addr: Multiaddr) -> Self {
+        self.config.bootstrap.push(addr);
+        self
+    }
+
+    /// Data directory (redb store, key, saved routing table).
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Acceptance policy.
+    pub fn policy(mut self, policy: dht_core::Policy) -> Self {
+        self.config.policy = policy;
+        self
+    }
+
+    /// The node's libp2p identity (default: loaded from or created in the data
+    /// directory, else random ed25519). A secp256k1 identity lets a DMSG server use its
+    /// Skywire key.
+    pub fn keypair(mut self, keypair: identity::Keypair) -> Self {
+        self.keypair = Some(keypair);
+        self
+    }
+
+    /// A store to use instead of the default (redb in the data directory, else memory).
+    pub fn store(mut self, store: Arc<dyn RecordStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Starts the node: listens, joins the network, starts maintenance.
+    pub async fn build(self) -> Result<Node, NodeError> {
+        Node::start(self.config, self.keypair, self.store).await
+    }
+}
+
+/// Loads the node key from the data directory, creating it on first run.
+pub fn load_or_create_keypair(dir: &Path) -> Result<identity::Keypair, NodeError> {
+    let path = dir.join(KEY_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => identity::Keypair::from_protobuf_encoding(&bytes)
+            .map_err(|e| NodeError::Config(format!("{}: not a node key: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let k = identity::Keypair::generate_ed25519();
+            let bytes = k
+                .to_protobuf_encoding()
+                .map_err(|e| NodeError::Config(e.to_string()))?;
+            std::fs::write(&path, bytes)?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            }
+            Ok(k)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The libp2p identity of a Skywire secp256k1 key, so a DMSG server's DHT identity can
+/// be its existing key.
+pub fn keypair_from_skywire_secret(secret: &[u8]) -> Result<identity::Keypair, NodeError> {
+    let mut raw = secret.to_vec();
+    let sk = identity::secp256k1::SecretKey::try_from_bytes(&mut raw)
+        .map_err(|e| NodeError::Config(format!("secp256k1 secret key: {e}")))?;
+    Ok(identity::Keypair::from(identity::secp256k1::Keypair::from(
+        sk,
+    )))
+}
+
+impl Node {
+    /// A builder with default configuration.
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder::default()
+    }
+
+    async fn start(
+        config: NodeConfig,
+        keypair: Option<identity::Keypair>,
+        store: Option<Arc<dyn RecordStore>>,
+    ) -> Result<Node, NodeError> {
+        if let Some(dir) = &config.data_dir {
+            std::fs::create_dir_all(dir)?;
+        }
+        let keypair = match (keypair, &config.data_dir) {
+            (Some(k), _) => k,
+            (None, Some(dir)) => load_or_create_keypair(dir)?,
+            (None, None) => identity::Keypair::generate_ed25519(),
+        };
+        let peer_id = keypair.public().to_peer_id();
+        let validator = Validator::new(config.policy.clone());
+        let store: Option<Arc<dyn RecordStore>> = match (config.mode, store) {
+            (NodeMode::Client, _) => None,
+            (NodeMode::Full, Some(s)) => Some(s),
+            (NodeMode::Full, None) => {
+                let store_config = StoreConfig {
+                    validator: validator.clone(),
+                    limits: config.store_limits,
+                    ..StoreConfig::default()
+                };
+                Some(match &config.data_dir {
+                    Some(dir) => Arc::new(RedbStore::open(dir.join(STORE_FILE), store_config)?),
+                    None => Arc::new(dht_core::store::MemoryStore::new(store_config)),
+                })
+            }
+        };
+
+        let mut swarm = build_swarm(keypair, &config)?;
+        let mut listeners = HashSet::new();
+        for addr in &config.listen {
+            let id = swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NodeError::Transport(format!("listen on {addr}: {e}")))?;
+            listeners.insert(id);
+        }
+        // Wait until every listener reports an address, so callers learn real ports.
+        let mut listen_addrs = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !listeners.is_empty() {
+            match tokio::time::timeout_at(deadline, swarm.select_next_some()).await {
+                Ok(libp2p::swarm::SwarmEvent::NewListenAddr {
+                    listener_id,
+                    address,
+                }) => {
+                    listeners.remove(&listener_id);
+                    listen_addrs.push(address);
+                }
+                Ok(libp2p::swarm::SwarmEvent::ListenerError { error, .. })
+                | Ok(libp2p::swarm::SwarmEvent::ListenerClosed {
+                    reason: Err(error), ..
+                }) => return Err(NodeError::Transport(format!("listener failed: {error}"))),
+                Ok(_) => {}
+                Err(_) => return Err(NodeError::Transport("listeners did not start".into())),
+            }
+        }
+
+        let (events, _) = broadcast::channel(1024);
+        let shared = Arc::new(Shared {
+            view: Default::default(),
+            events,
+            metrics: Metrics::new(),
+        });
+        let inbound = store.as_ref().map(|store| {
+            Arc::new(Inbound {
+                store: store.clone(),
+                validator: validator.clone(),
+                shared: shared.clone(),
+                local: peer_id,
+                replication: config.replication,
+                max_message_len: config.max_message_len(),
+            })
+        });
+        let (tx, rx) = mpsc::channel(4096);
+        let driver = Driver::new(swarm, rx, tx.clone(), shared.clone(), inbound, &config);
+        let driver_task = tokio::spawn(driver.run());
+
+        let node = Node {
+            inner: Arc::new(NodeInner {
+                peer_id,
+                config,
+                validator,
+                store,
+                commands: tx,
+                shared,
+                tasks: Mutex::new(vec![driver_task]),
+                listen_addrs,
+            }),
+        };
+        info!(peer_id = %node.peer_id(), mode = ?node.inner.config.mode, "node started");
+        node.join().await?;
+        if node.inner.store.is_some() {
+            let maintenance = tokio::spawn(crate::maintenance::run(node.clone()));
+            node.inner.tasks.lock().push(maintenance);
+        }
+        Ok(node)
+    }
+
+    /// Adds saved and bootstrap peers and starts a kad bootstrap.
+    async fn join(&self) -> Result<(), NodeError> {
+        let mut known = 0;
+        if let Some(dir) = &self.inner.config.data_dir {
+            match load_peers(&dir.join(PEERS_FILE)) {
+                Ok(peers) => {
+                    for (peer, addrs) in peers {
+                        for addr in addrs {
+                            self.command(Command::AddPeer(peer, addr)).await?;
+                            known += 1;
+                        }
+                    }
+                }
+                Err(e) => warn!(error = %e, "ignoring unreadable saved routing table"),
+            }
+        }
+        for addr in self.inner.config.bootstrap.clone() {
+            let peer = addr.iter().find_map(|p| match p {
+                libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+                _ => None,
+            });
+            match peer {
+                Some(peer) if peer != self.inner.peer_id => {
+                    self.command(Command::AddPeer(peer, addr.clone())).await?;
+                    known += 1;
+                }
+                Some(_) => {}
+                None => self.command(Command::Dial(addr.clone())).await?,
+            }
+        }
+        if known > 0 {
+            info!(known, "joining the network");
+            self.command(Command::Bootstrap).await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn command(&self, cmd: Command) -> Result<(), NodeError> {
+        self.inner
+            .commands
+            .send(cmd)
+            .await
+            .map_err(|_| NodeError::Shutdown)
+    }
+
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.peer_id
+    }
+
+    /// Addresses this node listens on (with the OS-chosen ports).
+    pub fn listen_addrs(&self) -> &[Multiaddr] {
+        &self.inner.listen_addrs
+    }
+
+    /// A dialable address with `/p2p/<peer id>`, for others to bootstrap from.
+    pub fn bootstrap_addr(&self) -> Option<Multiaddr> {
+        self.inner
+            .listen_addrs
+            .iter()
+            .find(|a| crate::routing::is_dialable(a))
+            .map(|a| {
+                a.clone()
+                    .with(libp2p::multiaddr::Protocol::P2p(self.inner.peer_id))
+            })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.inner.config
+    }
+
+    /// The rules this node applies.
+    pub fn validator(&self) -> &Validator {
+        &self.inner.validator
+    }
+
+    /// The local store (full nodes).
+    pub fn store(&self) -> Option<&Arc<dyn RecordStore>> {
+        self.inner.store.as_ref()
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.shared.metrics
+    }
+
+    /// Subscribes to node events.
+    pub fn subscribe(&self) -> broadcast::Receiver<NodeEvent> {
+        self.inner.shared.events.subscribe()
+    }
+
+    /// Peers currently in the routing table with their addresses.
+    pub fn routing_table(&self) -> HashMap<PeerId, Vec<Multiaddr>> {
+        self.inner.shared.view.snapshot()
+    }
+
+    /// A snapshot of the node's state.
+    pub async fn stats(&self) -> Result<NodeStats, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.command(Command::ConnectedPeers(tx)).await?;
+        let connected_peers = rx.await.map_err(|_| NodeError::Shutdown)?;
+        let store_stats = match &self.inner.store {
+            Some(s) => {
+                let s = s.clone();
+                tokio::task::spawn_blocking(move || s.stats())
+                    .await
+                    .map_err(|e| NodeError::Config(e.to_string()))??
+            }
+            None => Default::default(),
+        };
+        Ok(NodeStats {
+            peer_id: self.inner.peer_id.to_string(),
+            mode: self.inner.config.mode,
+            routing_table_peers: self.inner.shared.view.len(),
+            connected_peers,
+            items_stored: store_stats.items,
+            store_bytes: store_stats.bytes,
+            listen_addrs: self
+                .inner
+                .listen_addrs
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+        })
+    }
+
+    /// Iterative lookup of the peers closest to `target` (nearest first).
+    #[instrument(skip(self), fields(%target))]
+    pub async fn closest_peers(&self, target: Target) -> Result<Vec<PeerId>, NodeError> {
+        Ok(self
+            .lookup(target)
+            .await?
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect())
+    }
+
+    pub(crate) async fn lookup(
+        &self,
+        target: Target,
+    ) -> Result<Vec<(PeerId, Vec<Multiaddr>)>, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.command(Command::Lookup { target, reply: tx }).await?;
+        match tokio::time::timeout(
+            self.inner.config.lookup_timeout + Duration::from_secs(1),
+            rx,
+        )
+        .await
+        {
+            Ok(Ok(peers)) => Ok(peers),
+            Ok(Err(_)) => Err(NodeError::Shutdown),
+            Err(_) => Err(NodeError::Timeout),
+        }
+    }
+
+    /// One item-protocol request, with the request timeout.
+    pub(crate) async fn request(
+        &self,
+        peer: PeerId,
+        request: RequestProto,
+    ) -> Result<ResponseProto, NodeError> {
+        let addrs = self.inner.shared.view.addresses(&peer);
+        let (tx, rx) = oneshot::channel();
+        self.command(Command::Request {
+            peer,
+            addrs,
+            request,
+            reply: tx,
+        })
+        .await?;
+        match tokio::time::timeout(
+            self.inner.config.request_timeout + Duration::from_millis(500),
+            rx,
+        )
+        .await
+        {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(NodeError::Shutdown),
+            Err(_) => Err(NodeError::Timeout),
+        }
+    }
+
+    /// The peers that should hold `target`: the closest found by a lookup, merged with the
+    /// closest in the local routing table, excluding this node.
+    pub(crate) async fn replicas_for(&self, target: Target) -> Vec<PeerId> {
+        let k = self.inner.config.replication;
+        let mut candidates: Vec<PeerId> = self.inner.shared.view.closest(&target, k);
+        match self.lookup(target).await {
+            Ok(found) => candidates.extend(found.into_iter().map(|(p, _)| p)),
+            Err(e) => debug!(error = %e, "lookup failed; using the local routing table"),
+        }
+        let key = crate::routing::target_key(&target);
+        let mut out = crate::routing::closest_of(&key, candidates.into_iter(), k);
+        out.retain(|p| *p != self.inner.peer_id);
+        out
+    }
+
+    /// Publishes an item with default options.
+    pub async fn put(&self, item: MutableItem) -> Result<PutReport, NodeError> {
+        self.put_with(item, PutOptions::default()).await
+    }
+
+    /// Publishes an item: validates it, stores it locally (full nodes) and on the closest
+    /// replicas, and reports what each did.
+    #[instrument(skip_all, fields(target = %item.target(), seq = item.seq))]
+    pub async fn put_with(
+        &self,
+        item: MutableItem,
+        opts: PutOptions,
+    ) -> Result<PutReport, NodeError> {
+        let verified = self
+            .inner
+            .validator
+            .validate(item)
+            .map_err(NodeError::Rejected)?;
+        let target = verified.target();
+        let seq = verified.item().seq;
+        let item = verified.item().clone();
+        let local = match &self.inner.store {
+            Some(store) => {
+                let store = store.clone();
+                let v = verified.clone();
+                let r = tokio::task::spawn_blocking(move || store.put(v, opts))
+                    .await
+                    .map_err(|e| NodeError::Config(e.to_string()))?;
+                Some(match r {
+                    Ok(a) => {
+                        let _ = self.inner.shared.events.send(NodeEvent::ItemStored {
+                            target,
+                            seq,
+                            tombstone: item.is_tombstone(),
+                        });
+                        self.metrics().count_put(&item.salt, Ok(a));
+                        ReplicaResult::Stored(a)
+                    }
+                    Err(dht_core::StoreError::Rejected(r)) => {
+                        self.metrics().count_put(&item.salt, Err(r.code()));
+                        ReplicaResult::Rejected {
+                            code: r.code(),
+                            detail: r.to_string(),
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                })
+            }
+            None => None,
+        };
+        let peers = self.replicas_for(target).await;
+        let replicas = self.put_to(&peers, &item, opts).await;
+        let report = PutReport {
+            target,
+            seq,
+            local,
+            replicas,
+        };
+        debug!(
+            stored = report.stored_on().len(),
+            rejected = report.rejected_by().len(),
+            failed = report.failed().len(),
+            "put finished"
+        );
+        Ok(report)
+    }
+
+    /// Sends one item to `peers` in parallel and collects what each did.
+    pub(crate) async fn put_to(
+        &self,
+        peers: &[PeerId],
+        item: &MutableItem,
+        opts: PutOptions,
+    ) -> Vec<ReplicaOutcome> {
+        let request = RequestProto {
+            kind: Some(request_proto::Kind::Put(PutRequestProto {
+                items: vec![put_item_proto(item, opts)],
+            })),
+        };
+        let mut pending: FuturesUnordered<_> = peers
+            .iter()
+            .map(|&peer| {
+                let request = request.clone();
+                async move { (peer, self.request(peer, request).await) }
+            })
+            .collect();
+        let mut out = Vec::with_capacity(peers.len());
+        while let Some((peer, response)) = pending.next().await {
+            let result = match response {
+                Ok(r) => first_put_result(r),
+                Err(e) => ReplicaResult::Failed(e.to_string()),
+            };
+            out.push(ReplicaOutcome { peer, result });
+        }
+        out
+    }
+
+    /// Deletes the subject's item under `salt`: reads the current seq (best of a quorum)
+    /// and publishes a signed tombstone one above it.
+    #[instrument(skip_all, fields(subject = %subject, salt = %String::from_utf8_lossy(salt)))]
+    pub async fn delete(
+        &self,
+        key: &SigningKey,
+        subject: PublicKey,
+        salt: &[u8],
+    ) -> Result<PutReport, NodeError> {
+        let current = self.get(subject, salt, GetMode::Quorum(0)).await?;
+        let seq = current.seq().map_or(1, |s| s.saturating_add(1));
+        self.put(MutableItem::tombstone(
+            key,
+            subject,
+            Bytes::copy_from_slice(salt),
+            seq,
+        ))
+        .await
+    }
+
+    /// Reads the item of `subject` under `salt`.
+    pub async fn get(
+        &self,
+        subject: PublicKey,
+        salt: &[u8],
+        mode: GetMode,
+    ) -> Result<GetReport, NodeError> {
+        self.get_target(Target::of(&subject, salt), mode).await
+    }
+
+    /// Reads the item at `target`. Every copy is validated with the dht-core rules and
+    /// must belong to `target`; invalid copies are reported, never returned.
+    #[instrument(skip(self), fields(%target))]
+    pub async fn get_target(&self, target: Target, mode: GetMode) -> Result<GetReport, NodeError> {
+        let started = Instant::now();
+        let report = match mode {
+            GetMode::First => self.get_first(target).await?,
+            GetMode::Quorum(n) => self.get_quorum(target, n).await?,
+        };
+        self.metrics()
+            .get_latency
+            .get_or_create(&GetLabels {
+                mode: match mode {
+                    GetMode::First => "first".into(),
+                    GetMode::Quorum(_) => "quorum".into(),
+                },
+            })
+            .observe(started.elapsed().as_secs_f64());
+        Ok(report)
+    }
+
+    async fn local_copy(&self, target: Target) -> Result<Option<Found>, NodeError> {
+        let Some(store) = self.inner.store.clone() else {
+            return Ok(None);
+        };
+        let stored = tokio::task::spawn_blocking(move || store.get(&target))
+            .await
+            .map_err(|e| NodeError::Config(e.to_string()))??;
+        Ok(stored.map(|s| Found {
+            item: s.item,
+            expires_at_ms: s.expires_at_ms,
+            from: None,
+        }))
+    }
+
+    async fn ask(&self, peer: PeerId, target: Target) -> (PeerId, Result<Option<Found>, Answer>) {
+        let request = RequestProto {
+            kind: Some(request_proto::Kind::Get(GetRequestProto {
+                target: Bytes::copy_from_slice(target.as_bytes()),
+            })),
+        };
+        let result = match self.request(peer, request).await {
+            Err(e) => Err(Answer::Failed(e.to_string())),
+            Ok(ResponseProto {
+                kind: Some(response_proto::Kind::Get(g)),
+            }) => match g.envelope {
+                None => Ok(None),
+                Some(env) => {
+                    let limits = DecodeLimits {
+                        max_value_len: self.inner.validator.policy().max_value_len,
+                    };
+                    env.into_envelope(&limits)
+                        .map_err(dht_core::Rejection::from)
+                        .and_then(|e| {
+                            let exp = e.expires_at_ms.unwrap_or(0);
+                            self.inner
+                                .validator
+                                .validate_for(&target, e.item)
+                                .map(|v| (v, exp))
+                        })
+                        .map(|(v, exp)| {
+                            Some(Found {
+                                item: v.into_item(),
+                                expires_at_ms: exp,
+                                from: Some(peer),
+                            })
+                        })
+                        .map_err(|r| Answer::Invalid(r.code()))
+                }
+            },
+            Ok(other) => Err(Answer::Failed(format!(
+                "unexpected response {:?}",
+                other.kind.map(|_| "other")
+            ))),
+        };
+        (peer, result)
+    }
+
+    async fn get_first(&self, target: Target) -> Result<GetReport, NodeError> {
+        let mut report = GetReport {
+            target,
+            lookup: Lookup::Unreachable,
+            asked: 0,
+            answered: 0,
+            invalid: Vec::new(),
+            repairing: Vec::new(),
+        };
+        if let Some(found) = self.local_copy(target).await? {
+            report.lookup = lookup_of(found);
+            return Ok(report);
+        }
+        let k = self.inner.config.replication;
+        let mut asked: HashSet<PeerId> = HashSet::new();
+        let mut pending = FuturesUnordered::new();
+        for p in self
+            .inner
+            .shared
+            .view
+            .closest(&target, self.inner.config.parallelism)
+        {
+            asked.insert(p);
+            pending.push(self.ask(p, target));
+        }
+        let lookup = self.lookup(target);
+        tokio::pin!(lookup);
+        let mut lookup_done = false;
+        loop {
+            tokio::select! {
+                Some((peer, answer)) = pending.next(), if !pending.is_empty() => {
+                    match answer {
+                        Ok(Some(found)) => {
+                            report.answered += 1;
+                            report.asked = asked.len();
+                            report.lookup = lookup_of(found);
+                            return Ok(report);
+                        }
+                        Ok(None) => report.answered += 1,
+                        Err(Answer::Invalid(code)) => {
+                            report.answered += 1;
+                            report.invalid.push((peer, code));
+                        }
+                        Err(Answer::Failed(_)) => {}
+                    }
+                }
+                peers = &mut lookup, if !lookup_done => {
+                    lookup_done = true;
+                    let key = crate::routing::target_key(&target);
+                    let found: Vec<PeerId> = peers.unwrap_or_default().into_iter().map(|(p, _)| p).collect();
+                    for p in crate::routing::closest_of(&key, found.into_iter(), k) {
+                        if p != self.inner.peer_id && asked.insert(p) {
+                            pending.push(self.ask(p, target));
+                        }
+                    }
+                }
+                else => break,
+            }
+        }
+        report.asked = asked.len();
+        report.lookup = if report.answered > 0 {
+            Lookup::NotFound
+        } else {
+            Lookup::Unreachable
+        };
+        Ok(report)
+    }
+
+    async fn get_quorum(&self, target: Target, quorum: usize) -> Result<GetReport, NodeError> {
+        let peers = self.replicas_for(target).await;
+        let need = if quorum == 0 {
+            peers.len() / 2 + 1
+        } else {
+            quorum
+        }
+        .min(peers.len().max(1));
+        let mut report = GetReport {
+            target,
+            lookup: Lookup::Unreachable,
+            asked: peers.len(),
+            answered: 0,
+            invalid: Vec::new(),
+            repairing: Vec::new(),
+        };
+        let local = self.local_copy(target).await?;
+        let mut copies: Vec<(Option<PeerId>, Option<Found>)> = Vec::new();
+        if self.inner.store.is_some() {
+            copies.push((None, local));
+        }
+        let mut pending: FuturesUnordered<_> = peers.iter().map(|&p| self.ask(p, target)).collect();
+        while let Some((peer, answer)) = pending.next().await {
+            match answer {
+                Ok(found) => {
+                    report.answered += 1;
+                    copies.push((Some(peer), found));
+                }
+                Err(Answer::Invalid(code)) => {
+                    report.answered += 1;
+                    report.invalid.push((peer, code));
+                    copies.push((Some(peer), None));
+                }
+                Err(Answer::Failed(_)) => {}
+            }
+            if report.answered >= need {
+                break;
+            }
+        }
+        let best = copies
+            .iter()
+            .filter_map(|(_, f)| f.as_ref())
+            .max_by(|a, b| better(a, b))
+            .cloned();
+        match best {
+            Some(best) => {
+                // Read repair: every answering copy that is older or missing gets the best.
+                let stale: Vec<Option<PeerId>> = copies
+                    .iter()
+                    .filter(|(_, f)| f.as_ref().is_none_or(|f| f.item.seq < best.item.seq))
+                    .map(|(p, _)| *p)
+                    .collect();
+                report.repairing = stale.iter().flatten().copied().collect();
+                if !stale.is_empty() {
+                    self.spawn_repair(stale, best.clone());
+                }
+                report.lookup = lookup_of(best);
+            }
+            None if report.answered > 0 || self.inner.store.is_some() => {
+                report.lookup = Lookup::NotFound
+            }
+            None => report.lookup = Lookup::Unreachable,
+        }
+        Ok(report)
+    }
+
+    fn spawn_repair(&self, targets: Vec<Option<PeerId>>, best: Found) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let opts = PutOptions {
+                cas: None,
+                expires_at_ms: Some(best.expires_at_ms).filter(|t| *t > 0),
+            };
+            let remote: Vec<PeerId> = targets.iter().flatten().copied().collect();
+            if targets.contains(&None) {
+                if let (Some(store), Ok(v)) = (
+                    node.inner.store.clone(),
+                    node.inner.validator.validate(best.item.clone()),
+                ) {
+                    let _ = tokio::task::spawn_blocking(move || store.put(v, opts)).await;
+                }
+            }
+            let outcomes = node.put_to(&remote, &best.item, opts).await;
+            debug!(
+                repaired = outcomes
+                    .iter()
+                    .filter(|o| matches!(o.result, ReplicaResult::Stored(_)))
+                    .count(),
+                "read repair"
+            );
+        });
+    }
+
+    /// Saves the routing table to the data directory (if any).
+    pub fn save_routing_table(&self) -> Result<(), NodeError> {
+        if let Some(dir) = &self.inner.config.data_dir {
+            let peers = self.inner.shared.view.snapshot();
+            if !peers.is_empty() {
+                save_peers(&dir.join(PEERS_FILE), &peers)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the node: saves the routing table, stops maintenance and the swarm.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.save_routing_table() {
+            warn!(error = %e, "could not save the routing table");
+        }
+        let _ = self.inner.commands.send(Command::Shutdown).await;
+        let tasks: Vec<JoinHandle<()>> = self.inner.tasks.lock().drain(..).collect();
+        for t in tasks {
+            t.abort();
+            let _ = t.await;
+        }
+        info!(peer_id = %self.inner.peer_id, "node stopped");
+    }
+}
+
+/// Why a peer's answer to a get did not count.
+enum Answer {
+    /// The copy failed validation.
+    Invalid(ReasonCode),
+    /// No usable answer.
+    Failed(#[allow(dead_code)] String),
+}
+
+fn lookup_of(found: Found) -> Lookup {
+    if found.item.is_tombstone() {
+        Lookup::Deleted(found)
+    } else {
+        Lookup::Found(found)
+    }
+}
+
+/// Orders copies: higher seq wins; at the same seq a tombstone wins, then the smaller
+/// signature (a deterministic choice between equivocating copies).
+fn better(a: &Found, b: &Found) -> std::cmp::Ordering {
+    a.item
+        .seq
+        .cmp(&b.item.seq)
+        .then(a.item.is_tombstone().cmp(&b.item.is_tombstone()))
+        .then_with(|| b.item.signature.as_bytes().cmp(a.item.signature.as_bytes()))
+}
+
+fn first_put_result(r: ResponseProto) -> ReplicaResult {
+    match r.kind {
+        Some(response_proto::Kind::Put(p)) => match p.results.into_iter().next() {
+            Some(res) => match res.outcome {
+                1 => ReplicaResult::Stored(Admission::Insert),
+                2 => ReplicaResult::Stored(Admission::Replace { previous_seq: 0 }),
+                3 => ReplicaResult::Stored(Admission::Refresh),
+                _ => ReplicaResult::Rejected {
+                    code: ReasonCode::from_tag(res.reason).unwrap_or(ReasonCode::Malformed),
+                    detail: res.detail,
+                },
+            },
+            None => ReplicaResult::Failed("empty put response".into()),
+        },
+        Some(response_proto::Kind::Error(e)) => {
+            ReplicaResult::Failed(format!("{}: {}", e.code, e.detail))
+        }
+        _ => ReplicaResult::Failed("unexpected response".into()),
+    }
+}

@@ -1,0 +1,342 @@
+//! The item protocol: this project's own request-response protocol for put (with a
+//! truthful per-replica answer), get and bulk sync. Routing (FIND_NODE) uses libp2p-kad
+//! under [`KAD_PROTOCOL`]; items never travel in kad records.
+//!
+//! Framing: a 4-byte big-endian length, then one protobuf message. The length is checked
+//! against the configured limit before anything is allocated.
+
+use std::io;
+
+use bytes::Bytes;
+use dht_core::wire::{DecodeLimits, EnvelopeProto, ItemProto};
+use dht_core::{Cas, MutableItem, PutOptions, ReasonCode, Target};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
+use prost::Message;
+
+/// The kad protocol name of this DHT (never the IPFS one).
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/skywire-dht/kad/1.0.0");
+/// The item protocol name.
+pub const ITEM_PROTOCOL: StreamProtocol = StreamProtocol::new("/skywire-dht/item/1.0.0");
+
+/// A request of the item protocol.
+#[derive(Clone, PartialEq, Message)]
+pub struct RequestProto {
+    /// The request.
+    #[prost(oneof = "request_proto::Kind", tags = "1, 2, 3")]
+    pub kind: Option<request_proto::Kind>,
+}
+
+/// The kinds of [`RequestProto`].
+pub mod request_proto {
+    /// Request kinds.
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Kind {
+        /// Store items.
+        #[prost(message, tag = "1")]
+        Put(super::PutRequestProto),
+        /// Read the item at a target.
+        #[prost(message, tag = "2")]
+        Get(super::GetRequestProto),
+        /// Bulk, change-ordered sync of what the requester should hold.
+        #[prost(message, tag = "3")]
+        Sync(super::SyncRequestProto),
+    }
+}
+
+/// One item to store.
+#[derive(Clone, PartialEq, Message)]
+pub struct PutItemProto {
+    /// The item and the expiry it carries.
+    #[prost(message, optional, tag = "1")]
+    pub envelope: Option<EnvelopeProto>,
+    /// 0 none, 1 only if absent, 2 only if the stored seq is `cas_seq`.
+    #[prost(uint32, tag = "2")]
+    pub cas_kind: u32,
+    /// Expected stored seq for `cas_kind == 2`.
+    #[prost(uint64, tag = "3")]
+    pub cas_seq: u64,
+}
+
+/// Store one or more items.
+#[derive(Clone, PartialEq, Message)]
+pub struct PutRequestProto {
+    /// Items.
+    #[prost(message, repeated, tag = "1")]
+    pub items: Vec<PutItemProto>,
+}
+
+/// Read one target.
+#[derive(Clone, PartialEq, Message)]
+pub struct GetRequestProto {
+    /// 32-byte target.
+    #[prost(bytes = "bytes", tag = "1")]
+    pub target: Bytes,
+}
+
+/// Sync: items changed after `since` (responder's change sequence) that the requester is
+/// responsible for.
+#[derive(Clone, PartialEq, Message)]
+pub struct SyncRequestProto {
+    /// Cursor: responder-local change sequence, exclusive.
+    #[prost(uint64, tag = "1")]
+    pub since: u64,
+    /// Most items in the answer.
+    #[prost(uint32, tag = "2")]
+    pub limit: u32,
+    /// Only items with this salt (empty: all salts).
+    #[prost(bytes = "bytes", tag = "3")]
+    pub salt: Bytes,
+}
+
+/// A response of the item protocol.
+#[derive(Clone, PartialEq, Message)]
+pub struct ResponseProto {
+    /// The response.
+    #[prost(oneof = "response_proto::Kind", tags = "1, 2, 3, 4")]
+    pub kind: Option<response_proto::Kind>,
+}
+
+/// The kinds of [`ResponseProto`].
+pub mod response_proto {
+    /// Response kinds.
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Kind {
+        /// Outcome per item.
+        #[prost(message, tag = "1")]
+        Put(super::PutResponseProto),
+        /// The item, if held.
+        #[prost(message, tag = "2")]
+        Get(super::GetResponseProto),
+        /// A page of items.
+        #[prost(message, tag = "3")]
+        Sync(super::SyncResponseProto),
+        /// The request was refused as a whole.
+        #[prost(message, tag = "4")]
+        Error(super::ErrorProto),
+    }
+}
+
+/// The outcome of one put item.
+#[derive(Clone, PartialEq, Message)]
+pub struct PutResultProto {
+    /// 1 inserted, 2 replaced, 3 refreshed, 0 rejected.
+    #[prost(uint32, tag = "1")]
+    pub outcome: u32,
+    /// [`ReasonCode::tag`] when rejected.
+    #[prost(uint32, tag = "2")]
+    pub reason: u32,
+    /// Human-readable detail.
+    #[prost(string, tag = "3")]
+    pub detail: String,
+}
+
+/// Outcome per item, in request order.
+#[derive(Clone, PartialEq, Message)]
+pub struct PutResponseProto {
+    /// One per requested item.
+    #[prost(message, repeated, tag = "1")]
+    pub results: Vec<PutResultProto>,
+}
+
+/// The item held at a target.
+#[derive(Clone, PartialEq, Message)]
+pub struct GetResponseProto {
+    /// Absent when nothing is held.
+    #[prost(message, optional, tag = "1")]
+    pub envelope: Option<EnvelopeProto>,
+}
+
+/// A page of sync.
+#[derive(Clone, PartialEq, Message)]
+pub struct SyncResponseProto {
+    /// Items (with their expiries).
+    #[prost(message, repeated, tag = "1")]
+    pub items: Vec<EnvelopeProto>,
+    /// Cursor for the next request.
+    #[prost(uint64, tag = "2")]
+    pub next: u64,
+    /// Nothing more after this page.
+    #[prost(bool, tag = "3")]
+    pub done: bool,
+}
+
+/// A refused request.
+#[derive(Clone, PartialEq, Message)]
+pub struct ErrorProto {
+    /// Stable code: "rate_limited", "malformed", "not_serving", "internal".
+    #[prost(string, tag = "1")]
+    pub code: String,
+    /// Detail.
+    #[prost(string, tag = "2")]
+    pub detail: String,
+}
+
+/// Typed form of a put item.
+pub fn put_item_proto(item: &MutableItem, opts: PutOptions) -> PutItemProto {
+    let (cas_kind, cas_seq) = match opts.cas {
+        None => (0, 0),
+        Some(Cas::Absent) => (1, 0),
+        Some(Cas::Seq(s)) => (2, s),
+    };
+    PutItemProto {
+        envelope: Some(EnvelopeProto {
+            version: dht_core::wire::ENVELOPE_VERSION,
+            item: Some(ItemProto::from(item)),
+            expires_at_ms: opts.expires_at_ms.unwrap_or(0),
+        }),
+        cas_kind,
+        cas_seq,
+    }
+}
+
+/// Parses a put item from the wire.
+pub fn parse_put_item(
+    p: PutItemProto,
+    limits: &DecodeLimits,
+) -> Result<(MutableItem, PutOptions), dht_core::Rejection> {
+    let env = p
+        .envelope
+        .ok_or_else(|| dht_core::Rejection::Malformed("put without item".into()))?
+        .into_envelope(limits)?;
+    let cas = match p.cas_kind {
+        0 => None,
+        1 => Some(Cas::Absent),
+        2 => Some(Cas::Seq(p.cas_seq)),
+        k => {
+            return Err(dht_core::Rejection::Malformed(format!(
+                "unknown cas kind {k}"
+            )))
+        }
+    };
+    Ok((
+        env.item,
+        PutOptions {
+            cas,
+            expires_at_ms: env.expires_at_ms,
+        },
+    ))
+}
+
+/// An envelope for an item with an expiry.
+pub fn envelope(item: &MutableItem, expires_at_ms: u64) -> EnvelopeProto {
+    EnvelopeProto {
+        version: dht_core::wire::ENVELOPE_VERSION,
+        item: Some(ItemProto::from(item)),
+        expires_at_ms,
+    }
+}
+
+/// A rejected put result.
+pub fn rejected(reason: ReasonCode, detail: String) -> PutResultProto {
+    PutResultProto {
+        outcome: 0,
+        reason: reason.tag(),
+        detail,
+    }
+}
+
+/// A whole-request error response.
+pub fn error_response(code: &str, detail: impl Into<String>) -> ResponseProto {
+    ResponseProto {
+        kind: Some(response_proto::Kind::Error(ErrorProto {
+            code: code.into(),
+            detail: detail.into(),
+        })),
+    }
+}
+
+/// Parses a target from the wire.
+pub fn parse_target(bytes: &[u8]) -> Option<Target> {
+    Target::from_slice(bytes)
+}
+
+/// Length-prefixed prost codec for the item protocol.
+#[derive(Debug, Clone, Copy)]
+pub struct ItemCodec {
+    /// Largest message accepted or sent.
+    pub max_message_len: usize,
+}
+
+async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("message of {len} bytes exceeds the limit of {max}"),
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+async fn write_frame<T: AsyncWrite + Unpin + Send>(
+    io: &mut T,
+    msg: Vec<u8>,
+    max: usize,
+) -> io::Result<()> {
+    if msg.len() > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("message of {} bytes exceeds the limit of {max}", msg.len()),
+        ));
+    }
+    io.write_all(&(msg.len() as u32).to_be_bytes()).await?;
+    io.write_all(&msg).await?;
+    io.close().await
+}
+
+fn decode<M: Message + Default>(buf: &[u8]) -> io::Result<M> {
+    M::decode(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+impl libp2p::request_response::Codec for ItemCodec {
+    type Protocol = StreamProtocol;
+    type Request = RequestProto;
+    type Response = ResponseProto;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<RequestProto>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        decode(&read_frame(io, self.max_message_len).await?)
+    }
+
+    async fn read_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<ResponseProto>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        decode(&read_frame(io, self.max_message_len).await?)
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: RequestProto,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, req.encode_to_vec(), self.max_message_len).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: ResponseProto,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, res.encode_to_vec(), self.max_message_len).await
+    }
+}

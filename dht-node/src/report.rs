@@ -1,0 +1,229 @@
+//! What a put or get actually did: truthful, per-peer reports.
+
+use dht_core::{json::ItemJson, Admission, MutableItem, ReasonCode, Target};
+use libp2p::PeerId;
+use serde::Serialize;
+
+/// What one replica did with a put.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplicaResult {
+    /// Stored (inserted, replaced or refreshed).
+    Stored(Admission),
+    /// Validated and refused, with the reason.
+    Rejected {
+        /// Stable reason code.
+        code: ReasonCode,
+        /// Detail from the replica.
+        detail: String,
+    },
+    /// No answer (timeout, unreachable, refused request).
+    Failed(String),
+}
+
+/// One replica's answer to a put.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaOutcome {
+    /// The replica.
+    pub peer: PeerId,
+    /// What it did.
+    pub result: ReplicaResult,
+}
+
+/// The report of a put: which peers stored the item, which rejected it and why, which
+/// did not answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutReport {
+    /// Target of the item.
+    pub target: Target,
+    /// Seq of the item.
+    pub seq: u64,
+    /// What this node's own store did (None for client nodes).
+    pub local: Option<ReplicaResult>,
+    /// Each remote replica asked.
+    pub replicas: Vec<ReplicaOutcome>,
+}
+
+impl PutReport {
+    /// Peers that stored the item.
+    pub fn stored_on(&self) -> Vec<PeerId> {
+        self.replicas
+            .iter()
+            .filter(|r| matches!(r.result, ReplicaResult::Stored(_)))
+            .map(|r| r.peer)
+            .collect()
+    }
+
+    /// Peers that rejected the item, with the reason.
+    pub fn rejected_by(&self) -> Vec<(PeerId, ReasonCode)> {
+        self.replicas
+            .iter()
+            .filter_map(|r| match &r.result {
+                ReplicaResult::Rejected { code, .. } => Some((r.peer, *code)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Peers that did not answer.
+    pub fn failed(&self) -> Vec<PeerId> {
+        self.replicas
+            .iter()
+            .filter(|r| matches!(r.result, ReplicaResult::Failed(_)))
+            .map(|r| r.peer)
+            .collect()
+    }
+
+    /// Whether a majority of the replicas asked stored the item.
+    pub fn majority_stored(&self) -> bool {
+        !self.replicas.is_empty() && self.stored_on().len() * 2 > self.replicas.len()
+    }
+
+    /// JSON form for tools.
+    pub fn to_json(&self) -> serde_json::Value {
+        let result = |r: &ReplicaResult| match r {
+            ReplicaResult::Stored(a) => {
+                serde_json::json!({"result": "stored", "admission": admission_name(*a)})
+            }
+            ReplicaResult::Rejected { code, detail } => {
+                serde_json::json!({"result": "rejected", "reason": code.as_str(), "detail": detail})
+            }
+            ReplicaResult::Failed(e) => serde_json::json!({"result": "failed", "detail": e}),
+        };
+        serde_json::json!({
+            "target": self.target.to_string(),
+            "seq": self.seq,
+            "local": self.local.as_ref().map(result),
+            "stored": self.stored_on().len(),
+            "rejected": self.rejected_by().len(),
+            "failed": self.failed().len(),
+            "replicas": self.replicas.iter().map(|r| {
+                let mut v = result(&r.result);
+                v["peer"] = serde_json::Value::String(r.peer.to_string());
+                v
+            }).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// The name of an admission.
+pub fn admission_name(a: Admission) -> &'static str {
+    match a {
+        Admission::Insert => "inserted",
+        Admission::Replace { .. } => "replaced",
+        Admission::Refresh => "refreshed",
+    }
+}
+
+/// How a get decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GetMode {
+    /// Return the first valid answer (fast path).
+    First,
+    /// Ask the closest replicas, wait for this many answers (0: a majority of those
+    /// asked), return the highest valid seq and repair stale or missing copies.
+    Quorum(usize),
+}
+
+/// A valid item found by a get.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// The item (a tombstone for [`Lookup::Deleted`]).
+    pub item: MutableItem,
+    /// Its expiry, unix ms.
+    pub expires_at_ms: u64,
+    /// Who answered with it (None: the local store).
+    pub from: Option<PeerId>,
+}
+
+/// What a get found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// A value.
+    Found(Found),
+    /// Deleted: a tombstone at this seq.
+    Deleted(Found),
+    /// Peers answered and none holds the item.
+    NotFound,
+    /// No peer answered.
+    Unreachable,
+}
+
+/// The report of a get.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GetReport {
+    /// The target read.
+    pub target: Target,
+    /// The outcome.
+    pub lookup: Lookup,
+    /// Peers asked.
+    pub asked: usize,
+    /// Peers that answered.
+    pub answered: usize,
+    /// Peers that answered with an invalid copy, and why it was invalid.
+    pub invalid: Vec<(PeerId, ReasonCode)>,
+    /// Peers sent the best copy because theirs was stale or missing.
+    pub repairing: Vec<PeerId>,
+}
+
+impl GetReport {
+    /// The value, if found.
+    pub fn value(&self) -> Option<&[u8]> {
+        match &self.lookup {
+            Lookup::Found(f) => f.item.value().map(|v| &v[..]),
+            _ => None,
+        }
+    }
+
+    /// The seq of a value or tombstone found.
+    pub fn seq(&self) -> Option<u64> {
+        match &self.lookup {
+            Lookup::Found(f) | Lookup::Deleted(f) => Some(f.item.seq),
+            _ => None,
+        }
+    }
+
+    /// Whether the item reads as deleted.
+    pub fn is_deleted(&self) -> bool {
+        matches!(self.lookup, Lookup::Deleted(_))
+    }
+
+    /// JSON form for tools.
+    pub fn to_json(&self) -> serde_json::Value {
+        let (status, item) = match &self.lookup {
+            Lookup::Found(f) => ("found", Some(f)),
+            Lookup::Deleted(f) => ("deleted", Some(f)),
+            Lookup::NotFound => ("not_found", None),
+            Lookup::Unreachable => ("unreachable", None),
+        };
+        serde_json::json!({
+            "target": self.target.to_string(),
+            "status": status,
+            "seq": item.map(|f| f.item.seq),
+            "item": item.map(|f| ItemJson::from(&f.item)),
+            "expires_at_ms": item.map(|f| f.expires_at_ms),
+            "asked": self.asked,
+            "answered": self.answered,
+            "invalid": self.invalid.iter().map(|(p, c)| serde_json::json!({"peer": p.to_string(), "reason": c.as_str()})).collect::<Vec<_>>(),
+            "repairing": self.repairing.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// A snapshot of a node's state.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStats {
+    /// This node's peer id.
+    pub peer_id: String,
+    /// "full" or "client".
+    pub mode: crate::config::NodeMode,
+    /// Peers in the routing table.
+    pub routing_table_peers: usize,
+    /// Connected peers.
+    pub connected_peers: usize,
+    /// Items in the local store.
+    pub items_stored: u64,
+    /// Bytes in the local store.
+    pub store_bytes: u64,
+    /// Listen addresses.
+    pub listen_addrs: Vec<String>,
+}

@@ -1,0 +1,128 @@
+//! Real local networks of nodes on 127.0.0.1, in one process: for tests, examples and
+//! benchmarks.
+
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+
+use crate::config::{NodeConfig, NodeMode};
+use crate::node::Node;
+use crate::NodeError;
+
+/// A set of full nodes on 127.0.0.1 (OS-chosen TCP ports), all bootstrapped from the first.
+pub struct Testnet {
+    /// The nodes; `nodes[0]` is the bootstrap node.
+    pub nodes: Vec<Node>,
+    /// Keeps the data directories of redb-backed testnets alive.
+    pub dirs: Vec<tempfile::TempDir>,
+    template: NodeConfig,
+}
+
+/// Builds a [`Testnet`].
+pub struct TestnetBuilder {
+    size: usize,
+    config: NodeConfig,
+    on_disk: bool,
+}
+
+impl Testnet {
+    /// A builder for `size` nodes.
+    pub fn builder(size: usize) -> TestnetBuilder {
+        TestnetBuilder {
+            size,
+            config: NodeConfig::local(),
+            on_disk: false,
+        }
+    }
+
+    /// The bootstrap address (first node).
+    pub fn bootstrap_addr(&self) -> Option<Multiaddr> {
+        self.nodes.first().and_then(Node::bootstrap_addr)
+    }
+
+    /// Starts one more node of the same configuration and adds it to the network.
+    pub async fn add_node(&mut self, mode: NodeMode) -> Result<Node, NodeError> {
+        let mut config = self.template.clone();
+        config.mode = mode;
+        config.bootstrap = self.bootstrap_addr().into_iter().collect();
+        if config.data_dir.is_some() || !self.dirs.is_empty() {
+            let dir = tempfile::tempdir()?;
+            config.data_dir = Some(dir.path().to_path_buf());
+            self.dirs.push(dir);
+        }
+        let node = Node::builder().config(config).build().await?;
+        self.nodes.push(node.clone());
+        Ok(node)
+    }
+
+    /// Waits until every full node knows at least `min_peers` peers (or the timeout).
+    pub async fn wait_for_routing(&self, min_peers: usize, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let ready = self
+                .nodes
+                .iter()
+                .filter(|n| n.config().mode == NodeMode::Full)
+                .all(|n| n.routing_table().len() >= min_peers);
+            if ready {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops every node.
+    pub async fn shutdown(&self) {
+        for n in &self.nodes {
+            n.shutdown().await;
+        }
+    }
+}
+
+impl TestnetBuilder {
+    /// The configuration template of every node (listen and bootstrap are set per node).
+    pub fn config(mut self, config: NodeConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Give every node a redb store in its own temporary directory.
+    pub fn on_disk(mut self, on_disk: bool) -> Self {
+        self.on_disk = on_disk;
+        self
+    }
+
+    /// Starts the nodes and waits until their routing tables are populated.
+    pub async fn build(self) -> Result<Testnet, NodeError> {
+        let mut template = self.config;
+        template.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr")];
+        template.quic = false;
+        template.bootstrap.clear();
+        template.data_dir = None;
+        let mut net = Testnet {
+            nodes: Vec::with_capacity(self.size),
+            dirs: Vec::new(),
+            template: template.clone(),
+        };
+        for i in 0..self.size {
+            let mut config = template.clone();
+            if i > 0 {
+                config.bootstrap = net.bootstrap_addr().into_iter().collect();
+            }
+            if self.on_disk {
+                let dir = tempfile::tempdir()?;
+                config.data_dir = Some(dir.path().to_path_buf());
+                net.dirs.push(dir);
+            }
+            net.nodes
+                .push(Node::builder().config(config).build().await?);
+        }
+        let want = (self.size.saturating_sub(1)).min(template.replication);
+        net.wait_for_routing(want, Duration::from_secs(10 + self.size as u64 / 5))
+            .await;
+        Ok(net)
+    }
+}

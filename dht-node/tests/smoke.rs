@@ -1,0 +1,28 @@
+use std::time::Duration;
+
+use dht_core::{MutableItem, SigningKey};
+use dht_node::{GetMode, Lookup, Testnet};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_put_and_get() {
+    let net = Testnet::builder(5).build().await.unwrap();
+    assert!(net.wait_for_routing(4, Duration::from_secs(10)).await);
+    let key = SigningKey::generate_ed25519();
+    let item = MutableItem::sign(&key, key.public_key(), "tp", 1, &b"[1]"[..]);
+    let report = net.nodes[1].put(item).await.unwrap();
+    println!("{}", report.to_json());
+    assert_eq!(report.stored_on().len(), 4);
+    for n in &net.nodes {
+        let got = n
+            .get(key.public_key(), b"tp", GetMode::First)
+            .await
+            .unwrap();
+        assert!(matches!(got.lookup, Lookup::Found(_)), "{:?}", got);
+        let got = n
+            .get(key.public_key(), b"tp", GetMode::Quorum(0))
+            .await
+            .unwrap();
+        assert_eq!(got.value(), Some(&b"[1]"[..]));
+    }
+    net.shutdown().await;
+}
