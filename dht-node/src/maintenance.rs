@@ -85,7 +85,7 @@ fn jittered(d: Duration) -> Duration {
 }
 
 async fn sweep_once(node: &Node) {
-    let Some(store) = node.store().cloned() else {
+    let Some(store) = node.store() else {
         return;
     };
     let r = tokio::task::spawn_blocking(move || {
@@ -137,7 +137,7 @@ pub async fn catch_up(node: Node) {
 }
 
 async fn pull_from(node: &Node, peer: PeerId) -> usize {
-    let Some(store) = node.store().cloned() else {
+    let Some(store) = node.store() else {
         return 0;
     };
     let limits = DecodeLimits {
@@ -204,7 +204,7 @@ async fn pull_from(node: &Node, peer: PeerId) -> usize {
 /// peers (hand-off to newcomers); without, to every responsible peer (republish).
 /// Items carry their expiry: replicas never extend an item's life.
 pub async fn push_responsible(node: Node, only: Option<HashSet<PeerId>>) {
-    let Some(store) = node.store().cloned() else {
+    let Some(store) = node.store() else {
         return;
     };
     let (tx, mut rx) = mpsc::channel::<(PeerId, Vec<PutItemProto>)>(16);

@@ -49,7 +49,7 @@ pub(crate) struct NodeInner {
     pub peer_id: PeerId,
     pub config: NodeConfig,
     pub validator: Validator,
-    pub store: Option<Arc<dyn RecordStore>>,
+    pub store: parking_lot::RwLock<Option<Arc<dyn RecordStore>>>,
     pub commands: mpsc::Sender<Command>,
     pub shared: Arc<Shared>,
     pub tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -255,7 +255,7 @@ impl Node {
                 peer_id,
                 config,
                 validator,
-                store,
+                store: parking_lot::RwLock::new(store),
                 commands: tx,
                 shared,
                 tasks: Mutex::new(vec![driver_task]),
@@ -264,7 +264,7 @@ impl Node {
         };
         info!(peer_id = %node.peer_id(), mode = ?node.inner.config.mode, "node started");
         node.join().await?;
-        if node.inner.store.is_some() {
+        if node.store().is_some() {
             let maintenance = tokio::spawn(crate::maintenance::run(node.clone()));
             node.inner.tasks.lock().push(maintenance);
         }
@@ -349,8 +349,8 @@ impl Node {
     }
 
     /// The local store (full nodes).
-    pub fn store(&self) -> Option<&Arc<dyn RecordStore>> {
-        self.inner.store.as_ref()
+    pub fn store(&self) -> Option<Arc<dyn RecordStore>> {
+        self.inner.store.read().clone()
     }
 
     /// The node's metrics.
@@ -373,7 +373,7 @@ impl Node {
         let (tx, rx) = oneshot::channel();
         self.command(Command::ConnectedPeers(tx)).await?;
         let connected_peers = rx.await.map_err(|_| NodeError::Shutdown)?;
-        let store_stats = match &self.inner.store {
+        let store_stats = match self.store() {
             Some(s) => {
                 let s = s.clone();
                 tokio::task::spawn_blocking(move || s.stats())
@@ -464,6 +464,11 @@ impl Node {
             Err(e) => debug!(error = %e, "lookup failed; using the local routing table"),
         }
         let key = crate::routing::target_key(&target);
+        // The k closest nodes including this one (if it is a full node): when it is one of
+        // them it holds a replica itself and k - 1 peers are asked.
+        if self.inner.config.mode == NodeMode::Full {
+            candidates.push(self.inner.peer_id);
+        }
         let mut out = crate::routing::closest_of(&key, candidates.into_iter(), k);
         out.retain(|p| *p != self.inner.peer_id);
         out
@@ -490,7 +495,7 @@ impl Node {
         let target = verified.target();
         let seq = verified.item().seq;
         let item = verified.item().clone();
-        let local = match &self.inner.store {
+        let local = match self.responsible_store(&target) {
             Some(store) => {
                 let store = store.clone();
                 let v = verified.clone();
@@ -536,6 +541,25 @@ impl Node {
         Ok(report)
     }
 
+    /// Sends an item to one peer as it is, without validating it locally first, and
+    /// returns what the peer did. For tooling and tests that probe what replicas accept.
+    pub async fn send_item_to(
+        &self,
+        peer: PeerId,
+        item: &MutableItem,
+        opts: PutOptions,
+    ) -> ReplicaResult {
+        let request = RequestProto {
+            kind: Some(request_proto::Kind::Put(PutRequestProto {
+                items: vec![put_item_proto(item, opts)],
+            })),
+        };
+        match self.request(peer, request).await {
+            Ok(r) => first_put_result(r),
+            Err(e) => ReplicaResult::Failed(e.to_string()),
+        }
+    }
+
     /// Sends one item to `peers` in parallel and collects what each did.
     pub(crate) async fn put_to(
         &self,
@@ -543,24 +567,12 @@ impl Node {
         item: &MutableItem,
         opts: PutOptions,
     ) -> Vec<ReplicaOutcome> {
-        let request = RequestProto {
-            kind: Some(request_proto::Kind::Put(PutRequestProto {
-                items: vec![put_item_proto(item, opts)],
-            })),
-        };
         let mut pending: FuturesUnordered<_> = peers
             .iter()
-            .map(|&peer| {
-                let request = request.clone();
-                async move { (peer, self.request(peer, request).await) }
-            })
+            .map(|&peer| async move { (peer, self.send_item_to(peer, item, opts).await) })
             .collect();
         let mut out = Vec::with_capacity(peers.len());
-        while let Some((peer, response)) = pending.next().await {
-            let result = match response {
-                Ok(r) => first_put_result(r),
-                Err(e) => ReplicaResult::Failed(e.to_string()),
-            };
+        while let Some((peer, result)) = pending.next().await {
             out.push(ReplicaOutcome { peer, result });
         }
         out
@@ -617,8 +629,21 @@ impl Node {
         Ok(report)
     }
 
+    /// The local store, if this node is a full node among the nodes responsible for
+    /// `target` (a node outside that set may hold an outdated copy).
+    fn responsible_store(&self, target: &Target) -> Option<Arc<dyn RecordStore>> {
+        let store = self.store()?;
+        let me = self.inner.peer_id;
+        self.inner
+            .shared
+            .view
+            .responsible(target, self.inner.config.replication, me, None)
+            .contains(&me)
+            .then_some(store)
+    }
+
     async fn local_copy(&self, target: Target) -> Result<Option<Found>, NodeError> {
-        let Some(store) = self.inner.store.clone() else {
+        let Some(store) = self.responsible_store(&target) else {
             return Ok(None);
         };
         let stored = tokio::task::spawn_blocking(move || store.get(&target))
@@ -758,10 +783,9 @@ impl Node {
             invalid: Vec::new(),
             repairing: Vec::new(),
         };
-        let local = self.local_copy(target).await?;
         let mut copies: Vec<(Option<PeerId>, Option<Found>)> = Vec::new();
-        if self.inner.store.is_some() {
-            copies.push((None, local));
+        if self.responsible_store(&target).is_some() {
+            copies.push((None, self.local_copy(target).await?));
         }
         let mut pending: FuturesUnordered<_> = peers.iter().map(|&p| self.ask(p, target)).collect();
         while let Some((peer, answer)) = pending.next().await {
@@ -800,9 +824,7 @@ impl Node {
                 }
                 report.lookup = lookup_of(best);
             }
-            None if report.answered > 0 || self.inner.store.is_some() => {
-                report.lookup = Lookup::NotFound
-            }
+            None if report.answered > 0 || !copies.is_empty() => report.lookup = Lookup::NotFound,
             None => report.lookup = Lookup::Unreachable,
         }
         Ok(report)
@@ -818,7 +840,7 @@ impl Node {
             let remote: Vec<PeerId> = targets.iter().flatten().copied().collect();
             if targets.contains(&None) {
                 if let (Some(store), Ok(v)) = (
-                    node.inner.store.clone(),
+                    node.store(),
                     node.inner.validator.validate(best.item.clone()),
                 ) {
                     let _ = tokio::task::spawn_blocking(move || store.put(v, opts)).await;
@@ -857,6 +879,8 @@ impl Node {
             t.abort();
             let _ = t.await;
         }
+        // Release the store (and the redb file) once in-flight work let go of it.
+        self.inner.store.write().take();
         info!(peer_id = %self.inner.peer_id, "node stopped");
     }
 }

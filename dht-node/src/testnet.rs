@@ -55,6 +55,24 @@ impl Testnet {
         Ok(node)
     }
 
+    /// Stops node `i` (its data directory, if any, is kept for [`Testnet::restart`]).
+    pub async fn stop(&self, i: usize) {
+        self.nodes[i].shutdown().await;
+    }
+
+    /// Starts node `i` again from its data directory, with NO bootstrap addresses: it
+    /// rejoins from its saved routing table. Requires an on-disk testnet.
+    pub async fn restart(&mut self, i: usize) -> Result<Node, NodeError> {
+        let mut config = self.nodes[i].config().clone();
+        if config.data_dir.is_none() {
+            return Err(NodeError::Config("restart needs an on-disk testnet".into()));
+        }
+        config.bootstrap.clear();
+        let node = Node::builder().config(config).build().await?;
+        self.nodes[i] = node.clone();
+        Ok(node)
+    }
+
     /// Waits until every full node knows at least `min_peers` peers (or the timeout).
     pub async fn wait_for_routing(&self, min_peers: usize, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
