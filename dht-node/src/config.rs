@@ -76,6 +76,9 @@ pub struct NodeConfig {
     /// Most routing-table peers from one IPv4 /24 or IPv6 /48 (loopback exempt, so local
     /// testnets work). `None`: no limit.
     pub max_peers_per_ip_range: Option<usize>,
+    /// Count loopback addresses against the IP-range bound too (for testing the bound on
+    /// one machine).
+    pub ip_range_limit_loopback: bool,
     /// Also listen on QUIC (UDP) beside TCP.
     pub quic: bool,
 }
@@ -106,6 +109,7 @@ impl Default for NodeConfig {
             idle_connection_timeout: Duration::from_secs(600),
             rate_limit: RateLimit::default(),
             max_peers_per_ip_range: Some(8),
+            ip_range_limit_loopback: false,
             quic: true,
         }
     }

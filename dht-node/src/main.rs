@@ -138,6 +138,10 @@ struct RunArgs {
     /// Largest value accepted, in bytes.
     #[arg(long)]
     max_value_len: Option<usize>,
+    /// Run under this Skywire secp256k1 secret key (file with 64 hex chars) as the node
+    /// identity, instead of the ed25519 key kept in the data directory.
+    #[arg(long, env = "DHT_SKYWIRE_KEY")]
+    skywire_key: Option<PathBuf>,
 }
 
 /// The TOML configuration file of `dht-node run`.
@@ -439,7 +443,15 @@ fn build_config(args: &RunArgs) -> Result<NodeConfig> {
 async fn run(args: RunArgs) -> Result<()> {
     let config = build_config(&args)?;
     let bootstrap_given = !config.bootstrap.is_empty();
-    let node = Node::builder().config(config).build().await?;
+    let mut builder = Node::builder().config(config);
+    if let Some(path) = &args.skywire_key {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let secret = hex::decode(text.trim().trim_start_matches("secp256k1:"))
+            .with_context(|| format!("{}: key is not hex", path.display()))?;
+        builder = builder.keypair(dht_node::keypair_from_skywire_secret(&secret)?);
+    }
+    let node = builder.build().await?;
     let mut events = node.subscribe();
     eprintln!("peer id: {}", node.peer_id());
     for a in node.listen_addrs() {

@@ -33,6 +33,9 @@ pub struct Behaviour {
     items: request_response::Behaviour<ItemCodec>,
 }
 
+/// Peers with their addresses, nearest first.
+pub type PeerList = Vec<(PeerId, Vec<Multiaddr>)>;
+
 /// What the node's API asks of the swarm task.
 pub enum Command {
     /// Iterative lookup of the closest peers to a target.
@@ -40,7 +43,7 @@ pub enum Command {
         /// Target.
         target: Target,
         /// Answer: peers with addresses, nearest first.
-        reply: oneshot::Sender<Vec<(PeerId, Vec<Multiaddr>)>>,
+        reply: oneshot::Sender<PeerList>,
     },
     /// One item-protocol request to one peer.
     Request {
@@ -199,10 +202,11 @@ pub struct Driver {
     self_tx: mpsc::Sender<Command>,
     shared: Arc<Shared>,
     inbound: Option<Arc<Inbound>>,
-    lookups: HashMap<QueryId, oneshot::Sender<Vec<(PeerId, Vec<Multiaddr>)>>>,
+    lookups: HashMap<QueryId, oneshot::Sender<PeerList>>,
     requests: HashMap<OutboundRequestId, oneshot::Sender<Result<ResponseProto, NodeError>>>,
     limiter: RateLimiter,
     max_per_range: Option<usize>,
+    range_includes_loopback: bool,
     view_dirty: bool,
 }
 
@@ -230,6 +234,7 @@ impl Driver {
                 buckets: HashMap::new(),
             },
             max_per_range: config.max_peers_per_ip_range,
+            range_includes_loopback: config.ip_range_limit_loopback,
             view_dirty: true,
         }
     }
@@ -341,15 +346,13 @@ impl Driver {
                 peer_id,
                 info,
                 ..
-            })) => {
+            })) if info.protocols.contains(&KAD_PROTOCOL) => {
                 // Only peers serving kad (full nodes) enter the routing table; a client
                 // node learns full nodes' addresses the same way for its own lookups.
-                if info.protocols.contains(&KAD_PROTOCOL) {
-                    for addr in info.listen_addrs.into_iter().filter(is_dialable) {
-                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
-                    }
-                    self.view_dirty = true;
+                for addr in info.listen_addrs.into_iter().filter(is_dialable) {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
+                self.view_dirty = true;
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(_)) => {}
             SwarmEvent::Behaviour(BehaviourEvent::Items(e)) => self.on_items(e),
@@ -393,12 +396,10 @@ impl Driver {
                 result: QueryResult::Bootstrap(r),
                 step,
                 ..
-            } => {
-                if step.last {
-                    debug!(ok = r.is_ok(), "bootstrap round finished");
-                    self.view_dirty = true;
-                    let _ = self.shared.events.send(NodeEvent::BootstrapFinished);
-                }
+            } if step.last => {
+                debug!(ok = r.is_ok(), "bootstrap round finished");
+                self.view_dirty = true;
+                let _ = self.shared.events.send(NodeEvent::BootstrapFinished);
             }
             kad::Event::RoutingUpdated {
                 peer,
@@ -430,7 +431,8 @@ impl Driver {
         let Some(max) = self.max_per_range else {
             return true;
         };
-        let ranges: HashSet<Vec<u8>> = addrs.filter_map(ip_range).collect();
+        let lo = self.range_includes_loopback;
+        let ranges: HashSet<Vec<u8>> = addrs.filter_map(|a| ip_range(a, lo)).collect();
         if ranges.is_empty() {
             return true;
         }
@@ -440,7 +442,12 @@ impl Driver {
                 if e.node.key.preimage() == peer {
                     continue;
                 }
-                let theirs: HashSet<Vec<u8>> = e.node.value.iter().filter_map(ip_range).collect();
+                let theirs: HashSet<Vec<u8>> = e
+                    .node
+                    .value
+                    .iter()
+                    .filter_map(|a| ip_range(a, lo))
+                    .collect();
                 for r in theirs {
                     *counts.entry(r).or_default() += 1;
                 }

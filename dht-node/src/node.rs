@@ -427,8 +427,9 @@ impl Node {
         }
     }
 
-    /// One item-protocol request, with the request timeout.
-    pub(crate) async fn request(
+    /// One raw item-protocol request to one peer, with the request timeout. For tooling
+    /// and tests; the typed API is [`Node::put`], [`Node::get`] and friends.
+    pub async fn request(
         &self,
         peer: PeerId,
         request: RequestProto,

@@ -91,12 +91,16 @@ pub fn closest_of(
     v.into_iter().map(|(_, p)| p).collect()
 }
 
-/// The IP range an address counts against: IPv4 /24 or IPv6 /48. Loopback and
-/// non-IP addresses are exempt (`None`).
-pub fn ip_range(addr: &Multiaddr) -> Option<Vec<u8>> {
+/// The IP range an address counts against: IPv4 /24 or IPv6 /48. Non-IP addresses, and
+/// loopback unless `include_loopback`, are exempt (`None`).
+pub fn ip_range(addr: &Multiaddr, include_loopback: bool) -> Option<Vec<u8>> {
     addr.iter().find_map(|p| match p {
-        Protocol::Ip4(ip) if !ip.is_loopback() => Some(ip.octets()[..3].to_vec()),
-        Protocol::Ip6(ip) if !ip.is_loopback() => Some(ip.octets()[..6].to_vec()),
+        Protocol::Ip4(ip) if include_loopback || !ip.is_loopback() => {
+            Some(ip.octets()[..3].to_vec())
+        }
+        Protocol::Ip6(ip) if include_loopback || !ip.is_loopback() => {
+            Some(ip.octets()[..6].to_vec())
+        }
         _ => None,
     })
 }
@@ -176,9 +180,10 @@ mod tests {
         let b: Multiaddr = "/ip4/10.1.2.99/tcp/1".parse().unwrap();
         let c: Multiaddr = "/ip4/10.1.3.3/tcp/1".parse().unwrap();
         let l: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
-        assert_eq!(ip_range(&a), ip_range(&b));
-        assert_ne!(ip_range(&a), ip_range(&c));
-        assert_eq!(ip_range(&l), None);
+        assert_eq!(ip_range(&a, false), ip_range(&b, false));
+        assert_ne!(ip_range(&a, false), ip_range(&c, false));
+        assert_eq!(ip_range(&l, false), None);
+        assert!(ip_range(&l, true).is_some());
     }
 
     #[test]
