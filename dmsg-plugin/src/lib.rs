@@ -1,1 +1,30 @@
-//! Placeholder
+//! # dmsg-plugin
+//!
+//! What makes the DHT useful to Skywire: a DMSG server embeds [`DhtPlugin`] to run as a
+//! full node and mounts its [gateway] (DHT reads in the shapes the HTTP discoveries
+//! serve); the transport, service and DMSG discoveries push FULL per-key lists through
+//! the [adapters] (salts "tp", "svc", "dmsg"); visors read with the [visor] client, DHT
+//! first and HTTP as fallback.
+//!
+//! The field report's bugs are impossible by construction here: an edge's item IS its
+//! full list (one item per edge, never one per transport), an emptied key becomes a
+//! signed tombstone that every replica keeps, and values up to 1 MiB are accepted.
+
+pub mod adapters;
+pub mod formats;
+pub mod gateway;
+pub mod mirror;
+pub mod plugin;
+pub mod push_api;
+pub mod pusher;
+pub mod visor;
+
+pub use adapters::{
+    BatchOutcome, DmsgMirror, DmsgStore, ServiceMirror, ServiceStore, SourceError, TransportMirror,
+    TransportStore,
+};
+pub use formats::{DmsgEntry, ServiceEntry, TransportEntry};
+pub use gateway::GatewayConfig;
+pub use mirror::{KeyOutcome, Mirror, MirrorAction, RetryPolicy, SeqClock};
+pub use plugin::{DhtPlugin, PluginConfig, PluginError, PushConfig};
+pub use visor::{Answer, Source, VisorClient, VisorClientConfig};
