@@ -13,6 +13,7 @@
 pub mod adapters;
 pub mod formats;
 pub mod gateway;
+pub mod memory;
 pub mod mirror;
 pub mod plugin;
 pub mod push_api;

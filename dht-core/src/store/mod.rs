@@ -225,7 +225,11 @@ pub fn changed_since<S: RecordStore + ?Sized>(store: &S, since: u64) -> ChangesI
 }
 
 /// [`RecordStore::iter_range`] for any store, trait objects included.
-pub fn iter_range<S: RecordStore + ?Sized>(store: &S, from: Target, to: Target) -> RangeIter<'_, S> {
+pub fn iter_range<S: RecordStore + ?Sized>(
+    store: &S,
+    from: Target,
+    to: Target,
+) -> RangeIter<'_, S> {
     RangeIter {
         store,
         next_from: Some(from),
