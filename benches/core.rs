@@ -45,7 +45,9 @@ fn verify(c: &mut Criterion) {
     ] {
         let it = item(&key, 1);
         let payload = it.signing_payload();
-        g.bench_function(name, |b| b.iter(|| it.signer.verify(&payload, &it.signature).unwrap()));
+        g.bench_function(name, |b| {
+            b.iter(|| it.signer.verify(&payload, &it.signature).unwrap())
+        });
     }
     g.finish();
 
@@ -84,7 +86,8 @@ fn stores(c: &mut Criterion) {
     g.throughput(Throughput::Elements(BATCH));
     g.sample_size(10);
     g.bench_function("redb_put_batch_256x1kb", |b| {
-        let store = RedbStore::open(dir.path().join("batch-only.redb"), big_store_config()).unwrap();
+        let store =
+            RedbStore::open(dir.path().join("batch-only.redb"), big_store_config()).unwrap();
         b.iter_custom(|iters| {
             let batches: Vec<Vec<(VerifiedItem, PutOptions)>> = (0..iters)
                 .map(|_| {
@@ -124,10 +127,17 @@ fn stores(c: &mut Criterion) {
     const THREADS: u64 = 64;
     g.throughput(Throughput::Elements(THREADS));
     g.bench_function("redb_concurrent_put_64_threads_1kb", |b| {
-        let store = Arc::new(RedbStore::open(dir.path().join("concurrent.redb"), big_store_config()).unwrap());
+        let store = Arc::new(
+            RedbStore::open(dir.path().join("concurrent.redb"), big_store_config()).unwrap(),
+        );
         b.iter_custom(|iters| {
             let rounds: Vec<Vec<VerifiedItem>> = (0..iters)
-                .map(|_| fresh_items(THREADS).into_iter().map(|i| v.validate(i).unwrap()).collect())
+                .map(|_| {
+                    fresh_items(THREADS)
+                        .into_iter()
+                        .map(|i| v.validate(i).unwrap())
+                        .collect()
+                })
                 .collect();
             let mut total = Duration::ZERO;
             for round in rounds {

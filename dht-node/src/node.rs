@@ -304,6 +304,19 @@ impl Node {
         if known > 0 {
             info!(known, "joining the network");
             self.command(Command::Bootstrap).await?;
+            // Nodes joining at the same time may each miss the other in their first round
+            // (the peer they asked had not yet added the other): repeat a few early rounds
+            // before the periodic bootstrap takes over.
+            let commands = self.inner.commands.clone();
+            let rounds = tokio::spawn(async move {
+                for secs in [1u64, 3, 10, 30] {
+                    tokio::time::sleep(Duration::from_secs(secs)).await;
+                    if commands.send(Command::Bootstrap).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            self.inner.tasks.lock().push(rounds);
         }
         Ok(())
     }

@@ -26,3 +26,18 @@ async fn five_nodes_put_and_get() {
     }
     net.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_know_each_other() {
+    let net = Testnet::builder(3).build().await.unwrap();
+    let ok = net.wait_for_routing(2, Duration::from_secs(10)).await;
+    for n in &net.nodes {
+        eprintln!(
+            "{} knows {:?}",
+            n.peer_id(),
+            n.routing_table().keys().collect::<Vec<_>>()
+        );
+    }
+    assert!(ok);
+    net.shutdown().await;
+}
