@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use dht_core::{PublicKey, SALT_DMSG, SALT_SERVICES, SALT_TRANSPORTS};
 use serde::Serialize;
@@ -90,12 +91,13 @@ fn parse_keys<'a>(keys: impl Iterator<Item = &'a str>, skipped: &mut usize) -> B
 /// Mirrors the transport discovery: one item per edge (salt "tp"), the edge's FULL list.
 pub struct TransportMirror<S> {
     store: S,
-    mirror: Mirror,
+    mirror: Arc<Mirror>,
 }
 
 impl<S: TransportStore> TransportMirror<S> {
     /// A mirror of `store` publishing through `mirror` (whose salt must be "tp").
-    pub fn new(store: S, mirror: Mirror) -> Self {
+    pub fn new(store: S, mirror: impl Into<Arc<Mirror>>) -> Self {
+        let mirror = mirror.into();
         debug_assert_eq!(mirror.salt(), SALT_TRANSPORTS);
         TransportMirror { store, mirror }
     }
@@ -157,7 +159,7 @@ impl<S: TransportStore> TransportMirror<S> {
 /// Mirrors the service discovery: one item per visor (salt "svc"), its FULL service list.
 pub struct ServiceMirror<S> {
     store: S,
-    mirror: Mirror,
+    mirror: Arc<Mirror>,
 }
 
 /// The visor key of a service address `<hex pk>:<port>`.
@@ -167,7 +169,8 @@ pub fn visor_of(address: &str) -> &str {
 
 impl<S: ServiceStore> ServiceMirror<S> {
     /// A mirror of `store` publishing through `mirror` (salt "svc").
-    pub fn new(store: S, mirror: Mirror) -> Self {
+    pub fn new(store: S, mirror: impl Into<Arc<Mirror>>) -> Self {
+        let mirror = mirror.into();
         debug_assert_eq!(mirror.salt(), SALT_SERVICES);
         ServiceMirror { store, mirror }
     }
@@ -221,12 +224,13 @@ impl<S: ServiceStore> ServiceMirror<S> {
 /// Mirrors the DMSG discovery: one item per key (salt "dmsg"), the entry's JSON.
 pub struct DmsgMirror<S> {
     store: S,
-    mirror: Mirror,
+    mirror: Arc<Mirror>,
 }
 
 impl<S: DmsgStore> DmsgMirror<S> {
     /// A mirror of `store` publishing through `mirror` (salt "dmsg").
-    pub fn new(store: S, mirror: Mirror) -> Self {
+    pub fn new(store: S, mirror: impl Into<Arc<Mirror>>) -> Self {
+        let mirror = mirror.into();
         debug_assert_eq!(mirror.salt(), SALT_DMSG);
         DmsgMirror { store, mirror }
     }
