@@ -56,28 +56,37 @@ pub fn router(mirrors: HashMap<String, Arc<Mirror>>, token: String, max_body: us
         })
 }
 
+/// A refused push request.
+struct Refusal(StatusCode, &'static str, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        error(self.0, self.1, self.2)
+    }
+}
+
 fn resolve(
     s: &PushState,
     headers: &HeaderMap,
     salt: &str,
     subject: &str,
-) -> Result<(Arc<Mirror>, PublicKey), Response> {
+) -> Result<(Arc<Mirror>, PublicKey), Refusal> {
     if !authorized(headers, &s.token) {
-        return Err(error(
+        return Err(Refusal(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "missing or wrong bearer token",
+            "missing or wrong bearer token".into(),
         ));
     }
     let mirror = s.mirrors.get(salt).cloned().ok_or_else(|| {
-        error(
+        Refusal(
             StatusCode::NOT_FOUND,
             "no_mirror",
             format!("no mirror key configured for salt {salt:?}"),
         )
     })?;
     let pk = subject.parse().map_err(|e| {
-        error(
+        Refusal(
             StatusCode::BAD_REQUEST,
             "bad_key",
             format!("invalid public key: {e}"),
@@ -94,7 +103,7 @@ async fn publish(
 ) -> Response {
     let (mirror, pk) = match resolve(&s, &headers, &salt, &subject) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if serde_json::from_slice::<serde_json::Value>(&body).is_err() {
         return error(
@@ -124,7 +133,7 @@ async fn delete(
 ) -> Response {
     let (mirror, pk) = match resolve(&s, &headers, &salt, &subject) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let outcome = mirror.mirror(pk, MirrorAction::Delete).await;
     let status = if outcome.ok {

@@ -105,7 +105,7 @@ impl VisorClient {
         }
     }
 
-    async fn from_dht(&self, subject: PublicKey, salt: &[u8]) -> DhtAnswer {
+    async fn read_dht(&self, subject: PublicKey, salt: &[u8]) -> DhtAnswer {
         let Some(node) = &self.node else {
             return DhtAnswer::Nothing;
         };
@@ -169,7 +169,7 @@ impl VisorClient {
         edge: PublicKey,
     ) -> Result<Answer<Vec<TransportEntry>>, VisorError> {
         let deadline = tokio::time::Instant::now() + self.config.budget;
-        match self.from_dht(edge, SALT_TRANSPORTS).await {
+        match self.read_dht(edge, SALT_TRANSPORTS).await {
             DhtAnswer::Value(v) => {
                 return Ok(Answer {
                     value: Self::parse(&v, Source::Dht)?,
@@ -218,7 +218,7 @@ impl VisorClient {
         visor: PublicKey,
     ) -> Result<Answer<Vec<ServiceEntry>>, VisorError> {
         let deadline = tokio::time::Instant::now() + self.config.budget;
-        match self.from_dht(visor, SALT_SERVICES).await {
+        match self.read_dht(visor, SALT_SERVICES).await {
             DhtAnswer::Value(v) => {
                 return Ok(Answer {
                     value: Self::parse(&v, Source::Dht)?,
@@ -258,7 +258,7 @@ impl VisorClient {
     /// The DMSG entry of a key, as raw JSON (None when there is none).
     pub async fn dmsg_entry(&self, pk: PublicKey) -> Result<Answer<Option<Vec<u8>>>, VisorError> {
         let deadline = tokio::time::Instant::now() + self.config.budget;
-        match self.from_dht(pk, SALT_DMSG).await {
+        match self.read_dht(pk, SALT_DMSG).await {
             DhtAnswer::Value(v) => {
                 return Ok(Answer {
                     value: Some(v),

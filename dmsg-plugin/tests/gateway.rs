@@ -460,3 +460,64 @@ async fn plugin_push_api_and_visor_client() {
     plugin.shutdown().await;
     net.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pusher_copies_dmsg_entries_back_to_the_http_discovery() {
+    // A DMSG discovery that records what it is sent.
+    let received = Arc::new(parking_lot::Mutex::new(Vec::<Vec<u8>>::new()));
+    let sink = received.clone();
+    let dmsgd = serve(axum::Router::new().route(
+        "/dmsg-discovery/entry/",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().push(body.to_vec());
+                "ok"
+            }
+        }),
+    ))
+    .await;
+    let mut config = PluginConfig {
+        node: NodeConfig::local(),
+        ..PluginConfig::default()
+    };
+    config
+        .pusher
+        .endpoints
+        .insert("dmsg".into(), format!("{dmsgd}/dmsg-discovery/entry/"));
+    let plugin = DhtPlugin::start(None, config).await.unwrap();
+    let server = SigningKey::generate_secp256k1();
+    let entry = format!(
+        r#"{{"version":"0.0.1","sequence":1,"static":"{}"}}"#,
+        pk_hex(&server)
+    );
+    // A DMSG server publishing its own entry (self-signed) and a "tp" item: only the
+    // entry is pushed.
+    let node = plugin.node().clone();
+    node.put(MutableItem::sign(
+        &server,
+        server.public_key(),
+        "dmsg",
+        1,
+        entry.clone().into_bytes(),
+    ))
+    .await
+    .unwrap();
+    node.put(MutableItem::sign(
+        &server,
+        server.public_key(),
+        "tp",
+        1,
+        &b"[]"[..],
+    ))
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while received.lock().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "nothing pushed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(*received.lock(), vec![entry.into_bytes()]);
+    plugin.shutdown().await;
+}
