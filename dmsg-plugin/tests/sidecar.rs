@@ -1,0 +1,122 @@
+//! The `dht-sidecar` binary: starts from a config file, serves the gateway, and refuses
+//! bad configuration with a clear message.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_dht-sidecar");
+
+#[test]
+fn the_sidecar_serves_the_gateway_from_a_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("mirror.key");
+    std::fs::write(&key, format!("secp256k1:{}", "11".repeat(32))).unwrap();
+    let config = dir.path().join("sidecar.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nport = 0\n[mirror_keys]\ntp = {:?}\n[authorized_publishers]\ntp = [\"{}\"]\n",
+            dir.path().join("data"),
+            key,
+            "02".to_string() + &"ab".repeat(32),
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut gateway = None;
+    let started = Instant::now();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(url) = line.strip_prefix("gateway: ") {
+            gateway = Some(url.to_string());
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "sidecar did not start"
+        );
+    }
+    let gateway = gateway.expect("gateway address printed");
+    let body = http::blocking_get(&format!("{gateway}/health"));
+    let _ = child.kill();
+    let _ = child.wait();
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["status"], "ok");
+    assert!(dir.path().join("data").join("items.redb").exists());
+}
+
+#[test]
+fn bad_configuration_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("nonsense = 1\n", "invalid configuration"),
+        (
+            "[mirror_keys]\ntp = \"/nonexistent.key\"\n",
+            "reading /nonexistent.key",
+        ),
+        (
+            "[authorized_publishers]\ntp = [\"zz\"]\n",
+            "authorized publisher",
+        ),
+        ("push_listen = \"127.0.0.1:0\"\n", "push_token"),
+        ("[pusher]\ntp = \"http://127.0.0.1:1/\"\n", "not supported"),
+    ];
+    for (i, (text, expect)) in cases.iter().enumerate() {
+        let config = dir.path().join(format!("c{i}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {:?}\nport = 0\n{text}",
+                dir.path().join(format!("d{i}"))
+            ),
+        )
+        .unwrap();
+        let out = Command::new(BIN)
+            .args([
+                "--config",
+                config.to_str().unwrap(),
+                "--http",
+                "127.0.0.1:0",
+            ])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{text}: {err}");
+        assert!(!err.contains("panicked"));
+    }
+}
+
+mod http {
+    /// A tiny blocking GET over std (the test binary has no async runtime).
+    pub fn blocking_get(url: &str) -> String {
+        use std::io::{Read, Write};
+        let rest = url.strip_prefix("http://").unwrap();
+        let (host, path) = rest
+            .split_once('/')
+            .map(|(h, p)| (h, format!("/{p}")))
+            .unwrap();
+        let mut s = std::net::TcpStream::connect(host).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        resp.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default()
+    }
+}
