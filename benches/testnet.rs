@@ -1,0 +1,364 @@
+//! `dht-bench`: testnet benchmarks, side by side with the `mainline` crate (a Rust BEP44
+//! DHT) on testnets of the same size and the same item sizes, in one run.
+//!
+//! ```sh
+//! cargo run --release -p dht-benches --bin dht-bench                # full suite
+//! cargo run --release -p dht-benches --bin dht-bench -- --quick     # smoke test (CI)
+//! ```
+//!
+//! For each network size: time to form the network, resident memory per node, put
+//! latency until the replicas confirmed, get latency for the first valid answer and for
+//! best-of-quorum (p50 / p90 / p99), and throughput of concurrent puts. Every figure of
+//! ours is printed next to mainline's and as a ratio. No timing is asserted.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use dht_core::{MutableItem, SigningKey};
+use dht_node::{GetMode, NodeConfig, Testnet};
+use futures::StreamExt;
+use rand::Rng;
+
+#[derive(Parser)]
+#[command(name = "dht-bench", about = "Testnet benchmarks against mainline")]
+struct Args {
+    /// Network sizes.
+    #[arg(long, value_delimiter = ',', default_value = "10,50,100,200")]
+    sizes: Vec<usize>,
+    /// Operations per measurement.
+    #[arg(long, default_value_t = 100)]
+    ops: usize,
+    /// Item value size in bytes (mainline's limit is 1,000).
+    #[arg(long, default_value_t = 900)]
+    value_len: usize,
+    /// Skip the mainline comparison.
+    #[arg(long)]
+    no_mainline: bool,
+    /// Small and fast: sizes 10, 20 operations (a smoke test, for CI).
+    #[arg(long)]
+    quick: bool,
+    /// Write the markdown tables here.
+    #[arg(long, default_value = "BENCHMARKS.testnet.md")]
+    out: String,
+}
+
+/// Latency percentiles of a sample.
+#[derive(Debug, Clone, Copy, Default)]
+struct Pcts {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+}
+
+fn pcts(mut v: Vec<Duration>) -> Pcts {
+    if v.is_empty() {
+        return Pcts::default();
+    }
+    v.sort();
+    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e3;
+    Pcts {
+        p50: at(0.5),
+        p90: at(0.9),
+        p99: at(0.99),
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct Figures {
+    formation_s: f64,
+    rss_mb_per_node: f64,
+    put: Pcts,
+    get_first: Pcts,
+    get_quorum: Pcts,
+    puts_per_s: f64,
+    failures: usize,
+}
+
+fn rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|k| k.parse::<f64>().ok())
+            })
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+async fn ours(size: usize, ops: usize, value_len: usize) -> anyhow::Result<Figures> {
+    let mut f = Figures::default();
+    let rss0 = rss_mb();
+    let t0 = Instant::now();
+    let mut config = NodeConfig::local();
+    config.max_peers_per_ip_range = None;
+    let net = Testnet::builder(size).config(config).build().await?;
+    net.wait_for_routing((size - 1).min(20), Duration::from_secs(60))
+        .await;
+    f.formation_s = t0.elapsed().as_secs_f64();
+    f.rss_mb_per_node = (rss_mb() - rss0).max(0.0) / size as f64;
+
+    let mut rng = rand::thread_rng();
+    let keys: Vec<SigningKey> = (0..ops).map(|_| SigningKey::generate_ed25519()).collect();
+    let mut put_lat = Vec::with_capacity(ops);
+    for k in &keys {
+        let node = &net.nodes[rng.gen_range(0..size)];
+        let item = MutableItem::sign(k, k.public_key(), "tp", 1, vec![0x42; value_len]);
+        let t = Instant::now();
+        let report = node.put(item).await?;
+        put_lat.push(t.elapsed());
+        if !report.majority_stored() && size > 1 {
+            f.failures += 1;
+        }
+    }
+    f.put = pcts(put_lat);
+    for (mode, slot) in [
+        (GetMode::First, &mut f.get_first),
+        (GetMode::Quorum(0), &mut f.get_quorum),
+    ] {
+        let mut lat = Vec::with_capacity(ops);
+        for k in &keys {
+            let node = &net.nodes[rng.gen_range(0..size)];
+            let t = Instant::now();
+            let got = node.get(k.public_key(), b"tp", mode).await?;
+            lat.push(t.elapsed());
+            if got.value().is_none() {
+                f.failures += 1;
+            }
+        }
+        *slot = pcts(lat);
+    }
+    // Throughput: concurrent puts from one node (a discovery mirroring into the network).
+    let items: Vec<MutableItem> = (0..ops)
+        .map(|_| {
+            let k = SigningKey::generate_ed25519();
+            MutableItem::sign(&k, k.public_key(), "svc", 1, vec![0x42; value_len])
+        })
+        .collect();
+    let node = net.nodes[0].clone();
+    let t = Instant::now();
+    let stored: usize = futures::stream::iter(items)
+        .map(|i| {
+            let node = node.clone();
+            async move {
+                node.put(i)
+                    .await
+                    .map(|r| r.majority_stored())
+                    .unwrap_or(false)
+            }
+        })
+        .buffer_unordered(32)
+        .filter(|ok| futures::future::ready(*ok))
+        .count()
+        .await;
+    f.puts_per_s = stored as f64 / t.elapsed().as_secs_f64();
+    net.shutdown().await;
+    Ok(f)
+}
+
+#[allow(deprecated)] // mainline's sync API
+fn mainline_figures(size: usize, ops: usize, value_len: usize) -> anyhow::Result<Figures> {
+    let mut f = Figures::default();
+    let rss0 = rss_mb();
+    let t0 = Instant::now();
+    let testnet = mainline::Testnet::builder(size).build()?;
+    f.formation_s = t0.elapsed().as_secs_f64();
+    f.rss_mb_per_node = (rss_mb() - rss0).max(0.0) / size as f64;
+    let mut rng = rand::thread_rng();
+    let value = vec![0x42; value_len.min(1000)];
+    let keys: Vec<mainline::SigningKey> = (0..ops)
+        .map(|_| mainline::SigningKey::from_bytes(&rng.gen::<[u8; 32]>()))
+        .collect();
+    let mut put_lat = Vec::with_capacity(ops);
+    for k in &keys {
+        let node = &testnet.nodes[rng.gen_range(0..size)];
+        let item = mainline::MutableItem::new(k.clone(), &value, 1, Some(b"tp"));
+        let t = Instant::now();
+        if node.put_mutable(item, None).is_err() {
+            f.failures += 1;
+        }
+        put_lat.push(t.elapsed());
+    }
+    f.put = pcts(put_lat);
+    let mut first = Vec::with_capacity(ops);
+    let mut recent = Vec::with_capacity(ops);
+    for k in &keys {
+        let pk = k.verifying_key().to_bytes();
+        let node = &testnet.nodes[rng.gen_range(0..size)];
+        let t = Instant::now();
+        let got = node.get_mutable(&pk, Some(b"tp"), None).next();
+        first.push(t.elapsed());
+        if got.is_none() {
+            f.failures += 1;
+        }
+        let node = &testnet.nodes[rng.gen_range(0..size)];
+        let t = Instant::now();
+        let _ = node.get_mutable_most_recent(&pk, Some(b"tp"));
+        recent.push(t.elapsed());
+    }
+    f.get_first = pcts(first);
+    f.get_quorum = pcts(recent);
+    // Throughput: concurrent puts from one node.
+    let node = testnet.nodes[0].clone();
+    let t = Instant::now();
+    let handles: Vec<_> = (0..ops)
+        .map(|_| {
+            let node = node.clone();
+            let value = value.clone();
+            let k = mainline::SigningKey::from_bytes(&rand::thread_rng().gen::<[u8; 32]>());
+            std::thread::spawn(move || {
+                node.put_mutable(mainline::MutableItem::new(k, &value, 1, Some(b"svc")), None)
+                    .is_ok()
+            })
+        })
+        .collect();
+    let stored = handles
+        .into_iter()
+        .filter_map(|h| h.join().ok())
+        .filter(|ok| *ok)
+        .count();
+    f.puts_per_s = stored as f64 / t.elapsed().as_secs_f64();
+    Ok(f)
+}
+
+fn ratio(ours: f64, theirs: f64) -> String {
+    if ours <= 0.0 || theirs <= 0.0 {
+        "-".into()
+    } else {
+        format!("{:.2}x", theirs / ours)
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let mut args = Args::parse();
+    if args.quick {
+        args.sizes = vec![10];
+        args.ops = 20;
+    }
+    let mem_total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().next().map(|l| l.to_string()))
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mut md = String::new();
+    writeln!(md, "## Testnet benchmarks (`dht-bench`)\n")?;
+    writeln!(
+        md,
+        "Machine: {cores} cores, {}. Real sockets on 127.0.0.1 (ours: TCP + noise + yamux; mainline: UDP). \
+         {} operations per figure, values of {} bytes. Latencies in ms; ratio = mainline / ours (above 1: ours is faster).\n",
+        mem_total.replace("MemTotal:", "memory").split_whitespace().collect::<Vec<_>>().join(" "),
+        args.ops,
+        args.value_len
+    )?;
+    writeln!(md, "| nodes | figure | ours | mainline | ratio |")?;
+    writeln!(md, "|---|---|---|---|---|")?;
+    for &size in &args.sizes {
+        eprintln!("== {size} nodes: ours");
+        let o = ours(size, args.ops, args.value_len).await?;
+        eprintln!("{o:?}");
+        let m = if args.no_mainline {
+            None
+        } else {
+            eprintln!("== {size} nodes: mainline");
+            let (ops, len) = (args.ops, args.value_len);
+            let m = tokio::task::spawn_blocking(move || mainline_figures(size, ops, len)).await??;
+            eprintln!("{m:?}");
+            Some(m)
+        };
+        let rows: Vec<(&str, f64, Option<f64>, bool)> = vec![
+            (
+                "network formed (s)",
+                o.formation_s,
+                m.as_ref().map(|m| m.formation_s),
+                true,
+            ),
+            (
+                "resident memory per node (MB)",
+                o.rss_mb_per_node,
+                m.as_ref().map(|m| m.rss_mb_per_node),
+                true,
+            ),
+            (
+                "put confirmed p50",
+                o.put.p50,
+                m.as_ref().map(|m| m.put.p50),
+                true,
+            ),
+            (
+                "put confirmed p90",
+                o.put.p90,
+                m.as_ref().map(|m| m.put.p90),
+                true,
+            ),
+            (
+                "put confirmed p99",
+                o.put.p99,
+                m.as_ref().map(|m| m.put.p99),
+                true,
+            ),
+            (
+                "get first valid p50",
+                o.get_first.p50,
+                m.as_ref().map(|m| m.get_first.p50),
+                true,
+            ),
+            (
+                "get first valid p90",
+                o.get_first.p90,
+                m.as_ref().map(|m| m.get_first.p90),
+                true,
+            ),
+            (
+                "get first valid p99",
+                o.get_first.p99,
+                m.as_ref().map(|m| m.get_first.p99),
+                true,
+            ),
+            (
+                "get best-of-quorum / most recent p50",
+                o.get_quorum.p50,
+                m.as_ref().map(|m| m.get_quorum.p50),
+                true,
+            ),
+            (
+                "get best-of-quorum / most recent p90",
+                o.get_quorum.p90,
+                m.as_ref().map(|m| m.get_quorum.p90),
+                true,
+            ),
+            (
+                "get best-of-quorum / most recent p99",
+                o.get_quorum.p99,
+                m.as_ref().map(|m| m.get_quorum.p99),
+                true,
+            ),
+            (
+                "puts/s from one node (32 in flight)",
+                o.puts_per_s,
+                m.as_ref().map(|m| m.puts_per_s),
+                false,
+            ),
+            (
+                "failed operations",
+                o.failures as f64,
+                m.as_ref().map(|m| m.failures as f64),
+                true,
+            ),
+        ];
+        for (name, ours_v, theirs, lower_is_better) in rows {
+            let theirs_s = theirs.map_or("-".into(), |t| format!("{t:.2}"));
+            let r = match theirs {
+                Some(t) if lower_is_better => ratio(ours_v, t),
+                Some(t) => ratio(t, ours_v),
+                None => "-".into(),
+            };
+            writeln!(md, "| {size} | {name} | {ours_v:.2} | {theirs_s} | {r} |")?;
+        }
+    }
+    std::fs::write(&args.out, &md)?;
+    println!("{md}");
+    Ok(())
+}
