@@ -86,7 +86,7 @@ pub struct KeyOutcome {
     pub failed: usize,
     /// Attempts made.
     pub attempts: u32,
-    /// Whether at least one replica stored it.
+    /// Whether a majority of the replicas asked stored it.
     pub ok: bool,
 }
 
@@ -192,7 +192,10 @@ impl Mirror {
                         superseded |= matches!(code, ReasonCode::Stale | ReasonCode::Equivocation);
                         outcome.rejected.push(format!("{peer}: {code}"));
                     }
-                    outcome.ok = outcome.stored > 0;
+                    // A majority of the replicas asked must hold it (a network of one
+                    // node: the node itself).
+                    let asked = report.replicas.len() + usize::from(report.local.is_some());
+                    outcome.ok = outcome.stored * 2 > asked;
                 }
                 Err(e) => {
                     warn!(error = %e, "mirror publish failed");
@@ -206,8 +209,11 @@ impl Mirror {
                     MirrorAction::Delete => live.remove(&subject),
                 };
             }
-            // A newer value from another replica of the discovery is not worth retrying.
-            if outcome.ok || superseded || attempt >= self.retry.attempts {
+            // Retry while replicas did not answer (a replica left behind would serve the
+            // old list); a newer value from another replica of the discovery is not worth
+            // retrying.
+            let complete = outcome.ok && outcome.failed == 0;
+            if complete || superseded || attempt >= self.retry.attempts {
                 debug!(
                     ok = outcome.ok,
                     attempts = attempt,
