@@ -21,6 +21,9 @@ pub enum KeyError {
     /// An unknown scheme tag.
     #[error("unknown key scheme tag {0}")]
     UnknownScheme(u32),
+    /// A key file names a scheme other than ed25519 or secp256k1.
+    #[error("unknown key scheme: expected ed25519:<hex> or secp256k1:<hex>")]
+    UnknownSchemeName,
     /// Key and signature (or declared scheme) are of different schemes.
     #[error("key and signature are of different schemes")]
     SchemeMismatch,

@@ -278,6 +278,29 @@ impl SigningKey {
         }
     }
 
+    /// Parses the text of a key file: `ed25519:<64 hex>` or `secp256k1:<64 hex>`; a bare
+    /// 64-hex secret is taken as secp256k1, the form Skywire keeps its secret keys in.
+    pub fn from_key_file(text: &str) -> Result<Self, KeyError> {
+        let text = text.trim();
+        let (scheme, hex_part) = match text.split_once(':') {
+            Some(("ed25519", h)) => (Scheme::Ed25519, h),
+            Some(("secp256k1", h)) => (Scheme::Secp256k1, h),
+            Some(_) => return Err(KeyError::UnknownSchemeName),
+            None => (Scheme::Secp256k1, text),
+        };
+        let bytes = hex::decode(hex_part).map_err(|_| KeyError::BadHex)?;
+        Self::from_bytes(scheme, &bytes)
+    }
+
+    /// The text of a key file (see [`SigningKey::from_key_file`]).
+    pub fn to_key_file(&self) -> String {
+        let scheme = match self.scheme() {
+            Scheme::Ed25519 => "ed25519",
+            Scheme::Secp256k1 => "secp256k1",
+        };
+        format!("{scheme}:{}\n", hex::encode(self.to_bytes()))
+    }
+
     /// The 32 raw secret bytes.
     pub fn to_bytes(&self) -> [u8; 32] {
         match self {
@@ -379,6 +402,30 @@ mod tests {
             .public_key()
             .verify(b"x", &Signature::Secp256k1(sig))
             .is_err());
+    }
+
+    #[test]
+    fn key_files_round_trip() {
+        for key in [
+            SigningKey::generate_ed25519(),
+            SigningKey::generate_secp256k1(),
+        ] {
+            let back = SigningKey::from_key_file(&key.to_key_file()).unwrap();
+            assert_eq!(back.public_key(), key.public_key());
+        }
+        let bare = hex::encode([7u8; 32]);
+        assert_eq!(
+            SigningKey::from_key_file(&bare).unwrap().scheme(),
+            Scheme::Secp256k1
+        );
+        assert_eq!(
+            SigningKey::from_key_file("rsa:00").unwrap_err(),
+            KeyError::UnknownSchemeName
+        );
+        assert_eq!(
+            SigningKey::from_key_file("ed25519:zz").unwrap_err(),
+            KeyError::BadHex
+        );
     }
 
     #[test]

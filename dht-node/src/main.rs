@@ -308,12 +308,7 @@ fn keygen(scheme: SchemeArg, out: &Path) -> Result<()> {
         SchemeArg::Ed25519 => SigningKey::generate_ed25519(),
         SchemeArg::Secp256k1 => SigningKey::generate_secp256k1(),
     };
-    let scheme = match key.scheme() {
-        Scheme::Ed25519 => "ed25519",
-        Scheme::Secp256k1 => "secp256k1",
-    };
-    std::fs::write(out, format!("{scheme}:{}\n", hex::encode(key.to_bytes())))
-        .with_context(|| format!("writing {}", out.display()))?;
+    std::fs::write(out, key.to_key_file()).with_context(|| format!("writing {}", out.display()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -323,22 +318,11 @@ fn keygen(scheme: SchemeArg, out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Reads a key file: `ed25519:<64 hex>` or `secp256k1:<64 hex>` (a bare 64-hex secret is
-/// taken as secp256k1, the form Skywire keeps its secret keys in).
+/// Reads a key file (see [`SigningKey::from_key_file`]).
 fn read_key(path: &Path) -> Result<SigningKey> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading key file {}", path.display()))?;
-    let text = text.trim();
-    let (scheme, hex_part) = match text.split_once(':') {
-        Some(("ed25519", h)) => (Scheme::Ed25519, h),
-        Some(("secp256k1", h)) => (Scheme::Secp256k1, h),
-        Some((other, _)) => bail!("{}: unknown key scheme {other:?}", path.display()),
-        None => (Scheme::Secp256k1, text),
-    };
-    let bytes =
-        hex::decode(hex_part).with_context(|| format!("{}: key is not hex", path.display()))?;
-    SigningKey::from_bytes(scheme, &bytes)
-        .with_context(|| format!("{}: malformed key", path.display()))
+    SigningKey::from_key_file(&text).with_context(|| format!("{}: malformed key", path.display()))
 }
 
 fn subject_or_own(subject: Option<&str>, key: &SigningKey) -> Result<PublicKey> {
@@ -445,11 +429,11 @@ async fn run(args: RunArgs) -> Result<()> {
     let bootstrap_given = !config.bootstrap.is_empty();
     let mut builder = Node::builder().config(config);
     if let Some(path) = &args.skywire_key {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let secret = hex::decode(text.trim().trim_start_matches("secp256k1:"))
-            .with_context(|| format!("{}: key is not hex", path.display()))?;
-        builder = builder.keypair(dht_node::keypair_from_skywire_secret(&secret)?);
+        let key = read_key(path)?;
+        if key.scheme() != Scheme::Secp256k1 {
+            bail!("{}: a Skywire key is secp256k1", path.display());
+        }
+        builder = builder.keypair(dht_node::keypair_from_skywire_secret(&key.to_bytes())?);
     }
     let node = builder.build().await?;
     let mut events = node.subscribe();

@@ -215,7 +215,7 @@ fn bad_input_gets_a_clear_message_and_a_non_zero_exit() {
                 "--salt",
                 "x",
             ],
-            "not hex",
+            "not valid hex",
         ),
         (
             vec!["run", "--config", "/nonexistent.toml"],

@@ -88,23 +88,109 @@ fn parse_keys<'a>(keys: impl Iterator<Item = &'a str>, skipped: &mut usize) -> B
     out
 }
 
-/// Mirrors the transport discovery: one item per edge (salt "tp"), the edge's FULL list.
-pub struct TransportMirror<S> {
-    store: S,
+/// Where a mirror reads one key's full value: the shared mechanism behind the three
+/// adapters (`None`: the key has nothing, so its DHT item becomes a tombstone).
+trait KeySource: Send + Sync {
+    fn read(
+        &self,
+        key: &PublicKey,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, SourceError>> + Send;
+    fn all(&self) -> impl Future<Output = Result<Vec<PublicKey>, SourceError>> + Send;
+}
+
+/// Mirrors touched keys, and runs anti-entropy, for any [`KeySource`].
+struct KeyMirror<S> {
+    source: S,
     mirror: Arc<Mirror>,
 }
+
+impl<S: KeySource> KeyMirror<S> {
+    /// Reads each key once and mirrors it once.
+    async fn mirror_keys(&self, keys: BTreeSet<PublicKey>, out: &mut BatchOutcome) {
+        out.touched += keys.len();
+        let mut work = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.reads += 1;
+            match self.source.read(&key).await {
+                Ok(Some(value)) => work.push((key, MirrorAction::Publish(value))),
+                Ok(None) => work.push((key, MirrorAction::Delete)),
+                Err(e) => tracing::warn!(%key, error = %e, "cannot read the key's value"),
+            }
+        }
+        out.keys.extend(self.mirror.mirror_all(work).await);
+    }
+
+    /// Re-asserts every key of the source; tombstones keys the DHT holds from this mirror
+    /// but the source no longer has.
+    async fn anti_entropy(&self) -> Result<BatchOutcome, SourceError> {
+        let mut out = BatchOutcome::default();
+        let keys: BTreeSet<PublicKey> = self.source.all().await?.into_iter().collect();
+        let gone: Vec<_> = self
+            .mirror
+            .known_subjects()
+            .into_iter()
+            .filter(|s| !keys.contains(s))
+            .map(|s| (s, MirrorAction::Delete))
+            .collect();
+        self.mirror_keys(keys, &mut out).await;
+        out.touched += gone.len();
+        out.keys.extend(self.mirror.mirror_all(gone).await);
+        Ok(out)
+    }
+}
+
+struct Transports<S>(S);
+
+impl<S: TransportStore> KeySource for Transports<S> {
+    async fn read(&self, edge: &PublicKey) -> Result<Option<Vec<u8>>, SourceError> {
+        let list = self.0.transports_by_edge(edge).await?;
+        Ok((!list.is_empty()).then(|| encode_transport_list(&list)))
+    }
+    async fn all(&self) -> Result<Vec<PublicKey>, SourceError> {
+        self.0.edges().await
+    }
+}
+
+struct Services<S>(S);
+
+impl<S: ServiceStore> KeySource for Services<S> {
+    async fn read(&self, visor: &PublicKey) -> Result<Option<Vec<u8>>, SourceError> {
+        let list = self.0.services_by_pk(visor).await?;
+        Ok((!list.is_empty()).then(|| encode_service_list(&list)))
+    }
+    async fn all(&self) -> Result<Vec<PublicKey>, SourceError> {
+        self.0.visors().await
+    }
+}
+
+struct Entries<S>(S);
+
+impl<S: DmsgStore> KeySource for Entries<S> {
+    async fn read(&self, pk: &PublicKey) -> Result<Option<Vec<u8>>, SourceError> {
+        Ok(self.0.entry(pk).await?.map(|e| e.raw))
+    }
+    async fn all(&self) -> Result<Vec<PublicKey>, SourceError> {
+        self.0.keys().await
+    }
+}
+
+/// Mirrors the transport discovery: one item per edge (salt "tp"), the edge's FULL list.
+pub struct TransportMirror<S>(KeyMirror<Transports<S>>);
 
 impl<S: TransportStore> TransportMirror<S> {
     /// A mirror of `store` publishing through `mirror` (whose salt must be "tp").
     pub fn new(store: S, mirror: impl Into<Arc<Mirror>>) -> Self {
         let mirror = mirror.into();
         debug_assert_eq!(mirror.salt(), SALT_TRANSPORTS);
-        TransportMirror { store, mirror }
+        TransportMirror(KeyMirror {
+            source: Transports(store),
+            mirror,
+        })
     }
 
     /// The discovery's store.
     pub fn store(&self) -> &S {
-        &self.store
+        &self.0.source.0
     }
 
     /// After a batch of registrations or deregistrations: mirror every touched edge once.
@@ -119,48 +205,19 @@ impl<S: TransportStore> TransportMirror<S> {
                 .flat_map(|e| e.edges.iter().map(String::as_str)),
             &mut out.skipped,
         );
-        self.mirror_edges(edges, &mut out).await;
+        self.0.mirror_keys(edges, &mut out).await;
         out
-    }
-
-    async fn mirror_edges(&self, edges: BTreeSet<PublicKey>, out: &mut BatchOutcome) {
-        out.touched += edges.len();
-        let mut work = Vec::with_capacity(edges.len());
-        for edge in edges {
-            out.reads += 1;
-            match self.store.transports_by_edge(&edge).await {
-                Ok(list) if list.is_empty() => work.push((edge, MirrorAction::Delete)),
-                Ok(list) => work.push((edge, MirrorAction::Publish(encode_transport_list(&list)))),
-                Err(e) => tracing::warn!(%edge, error = %e, "cannot read the edge's transports"),
-            }
-        }
-        out.keys.extend(self.mirror.mirror_all(work).await);
     }
 
     /// Anti-entropy: re-assert every edge of the store; tombstone edges the DHT holds
     /// from this mirror but the store no longer has.
     pub async fn anti_entropy(&self) -> Result<BatchOutcome, SourceError> {
-        let mut out = BatchOutcome::default();
-        let edges: BTreeSet<PublicKey> = self.store.edges().await?.into_iter().collect();
-        let gone: Vec<_> = self
-            .mirror
-            .known_subjects()
-            .into_iter()
-            .filter(|s| !edges.contains(s))
-            .map(|s| (s, MirrorAction::Delete))
-            .collect();
-        self.mirror_edges(edges, &mut out).await;
-        out.touched += gone.len();
-        out.keys.extend(self.mirror.mirror_all(gone).await);
-        Ok(out)
+        self.0.anti_entropy().await
     }
 }
 
 /// Mirrors the service discovery: one item per visor (salt "svc"), its FULL service list.
-pub struct ServiceMirror<S> {
-    store: S,
-    mirror: Arc<Mirror>,
-}
+pub struct ServiceMirror<S>(KeyMirror<Services<S>>);
 
 /// The visor key of a service address `<hex pk>:<port>`.
 pub fn visor_of(address: &str) -> &str {
@@ -172,7 +229,10 @@ impl<S: ServiceStore> ServiceMirror<S> {
     pub fn new(store: S, mirror: impl Into<Arc<Mirror>>) -> Self {
         let mirror = mirror.into();
         debug_assert_eq!(mirror.salt(), SALT_SERVICES);
-        ServiceMirror { store, mirror }
+        ServiceMirror(KeyMirror {
+            source: Services(store),
+            mirror,
+        })
     }
 
     /// After registrations or deletions of services: mirror every touched visor once.
@@ -185,93 +245,42 @@ impl<S: ServiceStore> ServiceMirror<S> {
             changed.into_iter().map(|e| visor_of(&e.address)),
             &mut out.skipped,
         );
-        self.mirror_visors(visors, &mut out).await;
+        self.0.mirror_keys(visors, &mut out).await;
         out
-    }
-
-    async fn mirror_visors(&self, visors: BTreeSet<PublicKey>, out: &mut BatchOutcome) {
-        out.touched += visors.len();
-        let mut work = Vec::with_capacity(visors.len());
-        for visor in visors {
-            out.reads += 1;
-            match self.store.services_by_pk(&visor).await {
-                Ok(list) if list.is_empty() => work.push((visor, MirrorAction::Delete)),
-                Ok(list) => work.push((visor, MirrorAction::Publish(encode_service_list(&list)))),
-                Err(e) => tracing::warn!(%visor, error = %e, "cannot read the visor's services"),
-            }
-        }
-        out.keys.extend(self.mirror.mirror_all(work).await);
     }
 
     /// Anti-entropy, as for transports.
     pub async fn anti_entropy(&self) -> Result<BatchOutcome, SourceError> {
-        let mut out = BatchOutcome::default();
-        let visors: BTreeSet<PublicKey> = self.store.visors().await?.into_iter().collect();
-        let gone: Vec<_> = self
-            .mirror
-            .known_subjects()
-            .into_iter()
-            .filter(|s| !visors.contains(s))
-            .map(|s| (s, MirrorAction::Delete))
-            .collect();
-        self.mirror_visors(visors, &mut out).await;
-        out.touched += gone.len();
-        out.keys.extend(self.mirror.mirror_all(gone).await);
-        Ok(out)
+        self.0.anti_entropy().await
     }
 }
 
 /// Mirrors the DMSG discovery: one item per key (salt "dmsg"), the entry's JSON.
-pub struct DmsgMirror<S> {
-    store: S,
-    mirror: Arc<Mirror>,
-}
+pub struct DmsgMirror<S>(KeyMirror<Entries<S>>);
 
 impl<S: DmsgStore> DmsgMirror<S> {
     /// A mirror of `store` publishing through `mirror` (salt "dmsg").
     pub fn new(store: S, mirror: impl Into<Arc<Mirror>>) -> Self {
         let mirror = mirror.into();
         debug_assert_eq!(mirror.salt(), SALT_DMSG);
-        DmsgMirror { store, mirror }
+        DmsgMirror(KeyMirror {
+            source: Entries(store),
+            mirror,
+        })
     }
 
     /// After entries were set or deleted: mirror each touched key once (a deleted entry's
     /// twin becomes a tombstone).
     pub async fn on_change(&self, keys: impl IntoIterator<Item = PublicKey>) -> BatchOutcome {
         let mut out = BatchOutcome::default();
-        let keys: BTreeSet<PublicKey> = keys.into_iter().collect();
-        self.mirror_keys(keys, &mut out).await;
+        self.0
+            .mirror_keys(keys.into_iter().collect(), &mut out)
+            .await;
         out
-    }
-
-    async fn mirror_keys(&self, keys: BTreeSet<PublicKey>, out: &mut BatchOutcome) {
-        out.touched += keys.len();
-        let mut work = Vec::with_capacity(keys.len());
-        for pk in keys {
-            out.reads += 1;
-            match self.store.entry(&pk).await {
-                Ok(Some(e)) => work.push((pk, MirrorAction::Publish(e.raw))),
-                Ok(None) => work.push((pk, MirrorAction::Delete)),
-                Err(e) => tracing::warn!(%pk, error = %e, "cannot read the DMSG entry"),
-            }
-        }
-        out.keys.extend(self.mirror.mirror_all(work).await);
     }
 
     /// Anti-entropy, as for transports.
     pub async fn anti_entropy(&self) -> Result<BatchOutcome, SourceError> {
-        let mut out = BatchOutcome::default();
-        let keys: BTreeSet<PublicKey> = self.store.keys().await?.into_iter().collect();
-        let gone: Vec<_> = self
-            .mirror
-            .known_subjects()
-            .into_iter()
-            .filter(|s| !keys.contains(s))
-            .map(|s| (s, MirrorAction::Delete))
-            .collect();
-        self.mirror_keys(keys, &mut out).await;
-        out.touched += gone.len();
-        out.keys.extend(self.mirror.mirror_all(gone).await);
-        Ok(out)
+        self.0.anti_entropy().await
     }
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use dht_core::{Policy, PublicKey, Scheme, SigningKey};
+use dht_core::{Policy, PublicKey, SigningKey};
 use dht_node::{Multiaddr, NodeConfig};
 use dmsg_plugin::{DhtPlugin, PluginConfig, PushConfig};
 
@@ -63,15 +63,7 @@ struct FileConfig {
 fn read_secret(path: &PathBuf) -> Result<SigningKey> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let text = text.trim();
-    let (scheme, h) = match text.split_once(':') {
-        Some(("ed25519", h)) => (Scheme::Ed25519, h),
-        Some(("secp256k1", h)) => (Scheme::Secp256k1, h),
-        _ => (Scheme::Secp256k1, text),
-    };
-    let bytes = hex::decode(h).with_context(|| format!("{}: not hex", path.display()))?;
-    SigningKey::from_bytes(scheme, &bytes)
-        .with_context(|| format!("{}: malformed key", path.display()))
+    SigningKey::from_key_file(&text).with_context(|| format!("{}: malformed key", path.display()))
 }
 
 #[tokio::main]
