@@ -111,6 +111,9 @@ async fn ours(size: usize, ops: usize, value_len: usize) -> anyhow::Result<Figur
         put_lat.push(t.elapsed());
         if !report.majority_stored() && size > 1 {
             f.failures += 1;
+            if std::env::var_os("DHT_BENCH_DEBUG").is_some() {
+                eprintln!("put failed after {:?}: {}", t.elapsed(), report.to_json());
+            }
         }
     }
     f.put = pcts(put_lat);

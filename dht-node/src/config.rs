@@ -73,6 +73,9 @@ pub struct NodeConfig {
     pub save_interval: Duration,
     /// Idle connections are kept this long.
     pub idle_connection_timeout: Duration,
+    /// Most peers kept connected; past it the least recently used are disconnected (down
+    /// to three quarters). Routing-table peers are dialled again on demand.
+    pub max_connected_peers: usize,
     /// Per-peer inbound rate limit.
     pub rate_limit: RateLimit,
     /// Most routing-table peers from one IPv4 /24 or IPv6 /48 (loopback exempt, so local
@@ -109,6 +112,7 @@ impl Default for NodeConfig {
             sweep_interval: Duration::from_secs(60),
             save_interval: Duration::from_secs(30),
             idle_connection_timeout: Duration::from_secs(600),
+            max_connected_peers: 256,
             rate_limit: RateLimit::default(),
             max_peers_per_ip_range: Some(8),
             ip_range_limit_loopback: false,

@@ -21,6 +21,7 @@
 //! ```
 
 pub mod config;
+pub mod connections;
 pub mod error;
 pub mod events;
 pub mod inbound;

@@ -161,6 +161,7 @@ struct FileConfig {
     ttl_secs: Option<u64>,
     replication: Option<usize>,
     republish_interval_secs: Option<u64>,
+    max_connected_peers: Option<usize>,
 }
 
 #[tokio::main]
@@ -420,6 +421,12 @@ fn build_config(args: &RunArgs) -> Result<NodeConfig> {
     }
     if let Some(s) = file.republish_interval_secs {
         config.republish_interval = Duration::from_secs(s.max(1));
+    }
+    if let Some(n) = file.max_connected_peers {
+        if n == 0 {
+            bail!("max_connected_peers must be at least 1");
+        }
+        config.max_connected_peers = n;
     }
     Ok(config)
 }

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::config::{NodeConfig, NodeMode};
+use crate::connections::ConnectionBudget;
 use crate::events::NodeEvent;
 use crate::inbound::Inbound;
 use crate::protocol::{
@@ -24,6 +25,9 @@ use crate::protocol::{
 };
 use crate::routing::{ip_range, is_dialable, RoutingView};
 use crate::NodeError;
+
+/// A new connection is never trimmed before it is this old (a lookup needs it first).
+const CONNECTION_GRACE: Duration = Duration::from_secs(2);
 
 /// The combined behaviour of a node.
 #[derive(NetworkBehaviour)]
@@ -208,6 +212,7 @@ pub struct Driver {
     max_per_range: Option<usize>,
     range_includes_loopback: bool,
     view_dirty: bool,
+    budget: ConnectionBudget,
 }
 
 impl Driver {
@@ -236,6 +241,7 @@ impl Driver {
             max_per_range: config.max_peers_per_ip_range,
             range_includes_loopback: config.ip_range_limit_loopback,
             view_dirty: true,
+            budget: ConnectionBudget::new(config.max_connected_peers, CONNECTION_GRACE),
         }
     }
 
@@ -253,6 +259,7 @@ impl Driver {
                     if self.view_dirty {
                         self.refresh_view();
                     }
+                    self.trim_connections();
                     self.shared
                         .metrics
                         .connected_peers
@@ -261,6 +268,14 @@ impl Driver {
             }
         }
         debug!("swarm task stopped");
+    }
+
+    /// Disconnects the least recently used peers while over the connection budget.
+    fn trim_connections(&mut self) {
+        for peer in self.budget.over_budget(Instant::now()) {
+            debug!(%peer, "connection budget: disconnecting least recently used peer");
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
     }
 
     fn refresh_view(&mut self) {
@@ -297,6 +312,7 @@ impl Driver {
                 request,
                 reply,
             } => {
+                self.budget.touch(&peer, Instant::now());
                 let id = self
                     .swarm
                     .behaviour_mut()
@@ -359,12 +375,19 @@ impl Driver {
             SwarmEvent::NewListenAddr { address, .. } => {
                 info!(%address, "listening");
             }
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                self.budget.established(peer_id, Instant::now());
+                self.trim_connections();
+            }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                num_established,
                 ..
             } => {
-                self.limiter.forget(&peer_id);
+                self.budget.closed(&peer_id);
+                if num_established == 0 {
+                    self.limiter.forget(&peer_id);
+                }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 debug!(?peer_id, %error, "outgoing connection failed");
@@ -407,6 +430,7 @@ impl Driver {
                 addresses,
                 ..
             } => {
+                self.budget.touch(&peer, Instant::now());
                 if is_new_peer && !self.admit_by_ip_range(&peer, addresses.iter()) {
                     self.swarm.behaviour_mut().kad.remove_peer(&peer);
                     warn!(%peer, "routing table: too many peers from one IP range");
@@ -464,6 +488,7 @@ impl Driver {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
+                    self.budget.touch(&peer, Instant::now());
                     self.on_inbound(peer, request, channel);
                 }
                 request_response::Message::Response {

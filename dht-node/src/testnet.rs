@@ -100,6 +100,26 @@ impl Testnet {
     }
 }
 
+/// The soft limit on open files of this process (Linux `/proc/self/limits`; 1024 if
+/// unknown).
+fn open_files_limit() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3).map(str::to_owned))
+        })
+        .and_then(|v| {
+            if v == "unlimited" {
+                Some(1 << 20)
+            } else {
+                v.parse().ok()
+            }
+        })
+        .unwrap_or(1024)
+}
+
 impl TestnetBuilder {
     /// The configuration template of every node (listen and bootstrap are set per node).
     pub fn config(mut self, config: NodeConfig) -> Self {
@@ -120,6 +140,11 @@ impl TestnetBuilder {
         template.quic = false;
         template.bootstrap.clear();
         template.data_dir = None;
+        // Every node's connections are file descriptors of this one process: share three
+        // quarters of the process's limit so that no node runs out (accept failures
+        // would leave dialers waiting for handshakes until they time out).
+        let per_node = open_files_limit().saturating_sub(1024) * 3 / 4 / self.size.max(1);
+        template.max_connected_peers = template.max_connected_peers.min(per_node.max(8));
         let mut net = Testnet {
             nodes: Vec::with_capacity(self.size),
             dirs: Vec::new(),
