@@ -15,9 +15,12 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use dht_core::{MutableItem, SigningKey};
+mod hops;
+
+use dht_core::{MutableItem, SigningKey, Target};
 use dht_node::{GetMode, NodeConfig, Testnet};
 use futures::StreamExt;
+use hops::Hops;
 use rand::Rng;
 
 #[derive(Parser)]
@@ -38,6 +41,14 @@ struct Args {
     /// Small and fast: sizes 10, 20 operations (a smoke test, for CI).
     #[arg(long)]
     quick: bool,
+    /// Model network sizes for hops versus size (a simulation: routing tables filled from
+    /// the whole membership, no sockets).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1000,10000,100000,1000000"
+    )]
+    model_sizes: Vec<usize>,
     /// Write the markdown tables here.
     #[arg(long, default_value = "BENCHMARKS.testnet.md")]
     out: String,
@@ -73,6 +84,86 @@ struct Figures {
     get_quorum: Pcts,
     puts_per_s: f64,
     failures: usize,
+    /// Per operation (put, get-first, get-quorum): requests sent, loopback bytes and
+    /// packets (both directions of every connection are on `lo`).
+    wire: [Wire; 3],
+    hops: Option<Hops>,
+}
+
+/// Traffic per operation.
+#[derive(Debug, Default, Clone, Copy)]
+struct Wire {
+    requests: f64,
+    bytes: f64,
+    packets: f64,
+}
+
+/// Loopback interface counters (bytes, packets) sent, from `/proc/net/dev`.
+fn loopback_tx() -> (u64, u64) {
+    std::fs::read_to_string("/proc/net/dev")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.trim_start().starts_with("lo:"))
+                .map(|l| {
+                    let f: Vec<u64> = l
+                        .split(':')
+                        .nth(1)
+                        .unwrap_or("")
+                        .split_whitespace()
+                        .filter_map(|v| v.parse().ok())
+                        .collect();
+                    (
+                        f.get(8).copied().unwrap_or(0),
+                        f.get(9).copied().unwrap_or(0),
+                    )
+                })
+        })
+        .unwrap_or((0, 0))
+}
+
+/// Measures traffic of a phase of `ops` operations.
+struct WireMeter {
+    requests: u64,
+    lo: (u64, u64),
+}
+
+impl WireMeter {
+    fn start(requests: u64) -> Self {
+        WireMeter {
+            requests,
+            lo: loopback_tx(),
+        }
+    }
+    fn per_op(&self, requests: u64, ops: usize) -> Wire {
+        let lo = loopback_tx();
+        let n = ops.max(1) as f64;
+        Wire {
+            requests: requests.saturating_sub(self.requests) as f64 / n,
+            bytes: lo.0.saturating_sub(self.lo.0) as f64 / n,
+            packets: lo.1.saturating_sub(self.lo.1) as f64 / n,
+        }
+    }
+}
+
+/// Requests sent by every node of the testnet (kad find_node + item requests).
+fn requests_sent(net: &Testnet) -> u64 {
+    net.nodes
+        .iter()
+        .map(|n| {
+            ["find_node", "put", "get", "sync"]
+                .iter()
+                .map(|kind| {
+                    n.metrics()
+                        .outbound_requests
+                        .get_or_create(&dht_node::metrics::RequestLabels {
+                            kind: (*kind).into(),
+                        })
+                        .get()
+                })
+                .sum::<u64>()
+        })
+        .sum()
 }
 
 fn rss_mb() -> f64 {
@@ -103,6 +194,7 @@ async fn ours(size: usize, ops: usize, value_len: usize) -> anyhow::Result<Figur
     let mut rng = rand::thread_rng();
     let keys: Vec<SigningKey> = (0..ops).map(|_| SigningKey::generate_ed25519()).collect();
     let mut put_lat = Vec::with_capacity(ops);
+    let meter = WireMeter::start(requests_sent(&net));
     for k in &keys {
         let node = &net.nodes[rng.gen_range(0..size)];
         let item = MutableItem::sign(k, k.public_key(), "tp", 1, vec![0x42; value_len]);
@@ -117,10 +209,15 @@ async fn ours(size: usize, ops: usize, value_len: usize) -> anyhow::Result<Figur
         }
     }
     f.put = pcts(put_lat);
-    for (mode, slot) in [
+    f.wire[0] = meter.per_op(requests_sent(&net), ops);
+    for (i, (mode, slot)) in [
         (GetMode::First, &mut f.get_first),
         (GetMode::Quorum(0), &mut f.get_quorum),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let meter = WireMeter::start(requests_sent(&net));
         let mut lat = Vec::with_capacity(ops);
         for k in &keys {
             let node = &net.nodes[rng.gen_range(0..size)];
@@ -132,7 +229,13 @@ async fn ours(size: usize, ops: usize, value_len: usize) -> anyhow::Result<Figur
             }
         }
         *slot = pcts(lat);
+        f.wire[i + 1] = meter.per_op(requests_sent(&net), ops);
     }
+    let targets: Vec<Target> = keys
+        .iter()
+        .map(|k| Target::of(&k.public_key(), b"tp"))
+        .collect();
+    f.hops = Some(hops::measure(&net, &targets));
     // Throughput: concurrent puts from one node (a discovery mirroring into the network).
     let items: Vec<MutableItem> = (0..ops)
         .map(|_| {
@@ -175,6 +278,7 @@ fn mainline_figures(size: usize, ops: usize, value_len: usize) -> anyhow::Result
         .map(|_| mainline::SigningKey::from_bytes(&rng.gen::<[u8; 32]>()))
         .collect();
     let mut put_lat = Vec::with_capacity(ops);
+    let meter = WireMeter::start(0);
     for k in &keys {
         let node = &testnet.nodes[rng.gen_range(0..size)];
         let item = mainline::MutableItem::new(k.clone(), &value, 1, Some(b"tp"));
@@ -185,8 +289,9 @@ fn mainline_figures(size: usize, ops: usize, value_len: usize) -> anyhow::Result
         put_lat.push(t.elapsed());
     }
     f.put = pcts(put_lat);
+    f.wire[0] = meter.per_op(0, ops);
     let mut first = Vec::with_capacity(ops);
-    let mut recent = Vec::with_capacity(ops);
+    let meter = WireMeter::start(0);
     for k in &keys {
         let pk = k.verifying_key().to_bytes();
         let node = &testnet.nodes[rng.gen_range(0..size)];
@@ -196,11 +301,18 @@ fn mainline_figures(size: usize, ops: usize, value_len: usize) -> anyhow::Result
         if got.is_none() {
             f.failures += 1;
         }
+    }
+    f.wire[1] = meter.per_op(0, ops);
+    let mut recent = Vec::with_capacity(ops);
+    let meter = WireMeter::start(0);
+    for k in &keys {
+        let pk = k.verifying_key().to_bytes();
         let node = &testnet.nodes[rng.gen_range(0..size)];
         let t = Instant::now();
         let _ = node.get_mutable_most_recent(&pk, Some(b"tp"));
         recent.push(t.elapsed());
     }
+    f.wire[2] = meter.per_op(0, ops);
     f.get_first = pcts(first);
     f.get_quorum = pcts(recent);
     // Throughput: concurrent puts from one node.
@@ -226,6 +338,11 @@ fn mainline_figures(size: usize, ops: usize, value_len: usize) -> anyhow::Result
     Ok(f)
 }
 
+/// A row label built at run time (a handful per run).
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
 fn ratio(ours: f64, theirs: f64) -> String {
     if ours <= 0.0 || theirs <= 0.0 {
         "-".into()
@@ -240,6 +357,7 @@ async fn main() -> anyhow::Result<()> {
     if args.quick {
         args.sizes = vec![10];
         args.ops = 20;
+        args.model_sizes = vec![1000];
     }
     let mem_total = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -271,7 +389,7 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("{m:?}");
             Some(m)
         };
-        let rows: Vec<(&str, f64, Option<f64>, bool)> = vec![
+        let rows: Vec<(&'static str, f64, Option<f64>, bool)> = vec![
             (
                 "network formed (s)",
                 o.formation_s,
@@ -351,6 +469,58 @@ async fn main() -> anyhow::Result<()> {
                 true,
             ),
         ];
+        let mut rows = rows;
+        for (i, op) in ["put", "get first valid", "get best-of-quorum / most recent"]
+            .iter()
+            .enumerate()
+        {
+            rows.push((
+                leak(format!("{op}: requests sent per op (kad + item)")),
+                o.wire[i].requests,
+                None,
+                true,
+            ));
+            rows.push((
+                leak(format!(
+                    "{op}: bytes on the wire per op (loopback, all layers)"
+                )),
+                o.wire[i].bytes,
+                m.as_ref().map(|m| m.wire[i].bytes),
+                true,
+            ));
+            rows.push((
+                leak(format!("{op}: packets per op (loopback)")),
+                o.wire[i].packets,
+                m.as_ref().map(|m| m.wire[i].packets),
+                true,
+            ));
+        }
+        if let Some(h) = o.hops {
+            rows.push((
+                "hops to a replica, mean (replayed, alpha 3)",
+                h.to_replica_mean,
+                None,
+                true,
+            ));
+            rows.push((
+                "hops to a replica, max",
+                h.to_replica_max as f64,
+                None,
+                true,
+            ));
+            rows.push((
+                "hops until a lookup knows its final k closest, mean",
+                h.full_mean,
+                None,
+                true,
+            ));
+            rows.push((
+                "lookups ending at the true k closest (%)",
+                h.exact_share * 100.0,
+                None,
+                false,
+            ));
+        }
         for (name, ours_v, theirs, lower_is_better) in rows {
             let theirs_s = theirs.map_or("-".into(), |t| format!("{t:.2}"));
             let r = match theirs {
@@ -360,6 +530,27 @@ async fn main() -> anyhow::Result<()> {
             };
             writeln!(md, "| {size} | {name} | {ours_v:.2} | {theirs_s} | {r} |")?;
         }
+    }
+    writeln!(
+        md,
+        "\n### Hops versus network size (model simulation)\n\n\
+         Kademlia's iterative lookup (k = 20, alpha = 3) replayed over model networks whose \
+         k-buckets hold k random members of their range (64-bit ids, no sockets): how lookup \
+         depth grows with size. The testnet rows above replay the same lookup over the \
+         routing tables the live nodes built.\n"
+    )?;
+    writeln!(md, "| nodes | hops to a replica (mean) | max | hops until the final k closest are known (mean) | ended at the true k closest |")?;
+    writeln!(md, "|---|---|---|---|---|")?;
+    for &n in &args.model_sizes {
+        let h = hops::simulate(n, if args.quick { 20 } else { 200 });
+        writeln!(
+            md,
+            "| {n} | {:.2} | {} | {:.2} | {:.0}% |",
+            h.to_replica_mean,
+            h.to_replica_max,
+            h.full_mean,
+            h.exact_share * 100.0
+        )?;
     }
     std::fs::write(&args.out, &md)?;
     println!("{md}");

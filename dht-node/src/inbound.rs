@@ -13,7 +13,7 @@ use tracing::{debug, instrument};
 use crate::events::NodeEvent;
 use crate::network::Shared;
 use crate::protocol::{
-    envelope, error_response, parse_put_item, parse_target, rejected, request_proto,
+    envelope, error_response, parse_put_item, parse_target, rejected, request_kind, request_proto,
     response_proto, GetResponseProto, PutRequestProto, PutResponseProto, PutResultProto,
     RequestProto, ResponseProto, SyncRequestProto, SyncResponseProto,
 };
@@ -48,12 +48,7 @@ impl Inbound {
     #[instrument(skip_all, fields(%peer))]
     pub async fn handle(self: Arc<Self>, peer: PeerId, request: RequestProto) -> ResponseProto {
         use request_proto::Kind;
-        let kind = match &request.kind {
-            Some(Kind::Put(_)) => "put",
-            Some(Kind::Get(_)) => "get",
-            Some(Kind::Sync(_)) => "sync",
-            None => "unknown",
-        };
+        let kind = request_kind(&request);
         self.shared
             .metrics
             .inbound_requests

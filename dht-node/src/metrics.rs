@@ -55,6 +55,9 @@ pub struct Metrics {
     pub puts: Family<PutLabels, Counter>,
     /// Inbound requests by kind.
     pub inbound_requests: Family<RequestLabels, Counter>,
+    /// Requests this node sent: kad `find_node` requests of its lookups (from the query
+    /// statistics) and item requests by kind.
+    pub outbound_requests: Family<RequestLabels, Counter>,
     /// Inbound requests refused by the rate limiter.
     pub rate_limited: Counter,
     /// Latency of this node's gets.
@@ -86,6 +89,7 @@ impl Metrics {
             store_bytes: Gauge::default(),
             puts: Family::default(),
             inbound_requests: Family::default(),
+            outbound_requests: Family::default(),
             rate_limited: Counter::default(),
             get_latency: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -119,6 +123,11 @@ impl Metrics {
                 "puts",
                 "Puts into the local store by result and reason",
                 m.puts.clone(),
+            );
+            r.register(
+                "outbound_requests",
+                "Requests sent: kad find_node of lookups, item requests by kind",
+                m.outbound_requests.clone(),
             );
             r.register(
                 "inbound_requests",

@@ -20,8 +20,10 @@ use crate::config::{NodeConfig, NodeMode};
 use crate::connections::ConnectionBudget;
 use crate::events::NodeEvent;
 use crate::inbound::Inbound;
+use crate::metrics::RequestLabels;
 use crate::protocol::{
-    error_response, ItemCodec, RequestProto, ResponseProto, ITEM_PROTOCOL, KAD_PROTOCOL,
+    error_response, request_kind, ItemCodec, RequestProto, ResponseProto, ITEM_PROTOCOL,
+    KAD_PROTOCOL,
 };
 use crate::routing::{ip_range, is_dialable, RoutingView};
 use crate::NodeError;
@@ -278,6 +280,19 @@ impl Driver {
         }
     }
 
+    /// Counts a finished query's kad requests in the metrics.
+    fn count_kad_requests(&self, last: bool, stats: &kad::QueryStats) {
+        if last {
+            self.shared
+                .metrics
+                .outbound_requests
+                .get_or_create(&RequestLabels {
+                    kind: "find_node".into(),
+                })
+                .inc_by(u64::from(stats.num_requests()));
+        }
+    }
+
     fn refresh_view(&mut self) {
         let mut peers = HashMap::new();
         for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
@@ -313,6 +328,13 @@ impl Driver {
                 reply,
             } => {
                 self.budget.touch(&peer, Instant::now());
+                self.shared
+                    .metrics
+                    .outbound_requests
+                    .get_or_create(&RequestLabels {
+                        kind: request_kind(&request).into(),
+                    })
+                    .inc();
                 let id = self
                     .swarm
                     .behaviour_mut()
@@ -402,8 +424,9 @@ impl Driver {
                 id,
                 result: QueryResult::GetClosestPeers(r),
                 step,
-                ..
+                stats,
             } => {
+                self.count_kad_requests(step.last, &stats);
                 let peers = match r {
                     Ok(ok) => ok.peers,
                     Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
@@ -418,8 +441,10 @@ impl Driver {
             kad::Event::OutboundQueryProgressed {
                 result: QueryResult::Bootstrap(r),
                 step,
+                stats,
                 ..
             } if step.last => {
+                self.count_kad_requests(true, &stats);
                 debug!(ok = r.is_ok(), "bootstrap round finished");
                 self.view_dirty = true;
                 let _ = self.shared.events.send(NodeEvent::BootstrapFinished);

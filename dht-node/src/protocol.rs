@@ -236,6 +236,16 @@ pub fn rejected(reason: ReasonCode, detail: String) -> PutResultProto {
     }
 }
 
+/// The name of a request's kind, for metrics and logs.
+pub fn request_kind(request: &RequestProto) -> &'static str {
+    match &request.kind {
+        Some(request_proto::Kind::Put(_)) => "put",
+        Some(request_proto::Kind::Get(_)) => "get",
+        Some(request_proto::Kind::Sync(_)) => "sync",
+        None => "unknown",
+    }
+}
+
 /// A whole-request error response.
 pub fn error_response(code: &str, detail: impl Into<String>) -> ResponseProto {
     ResponseProto {
