@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 mod hops;
+mod scale;
 
 use dht_core::{MutableItem, SigningKey, Target};
 use dht_node::{GetMode, NodeConfig, Testnet};
@@ -49,6 +50,15 @@ struct Args {
         default_value = "1000,10000,100000,1000000"
     )]
     model_sizes: Vec<usize>,
+    /// Largest network: total nodes over several `dht-node testnet` processes (0: skip).
+    #[arg(long, default_value_t = 500)]
+    scale_nodes: usize,
+    /// Nodes per process in the scale-out run.
+    #[arg(long, default_value_t = 100)]
+    scale_per_process: usize,
+    /// The `dht-node` binary (default: beside this one).
+    #[arg(long)]
+    dht_node: Option<std::path::PathBuf>,
     /// Write the markdown tables here.
     #[arg(long, default_value = "BENCHMARKS.testnet.md")]
     out: String,
@@ -358,6 +368,7 @@ async fn main() -> anyhow::Result<()> {
         args.sizes = vec![10];
         args.ops = 20;
         args.model_sizes = vec![1000];
+        args.scale_nodes = 0;
     }
     let mem_total = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -550,6 +561,46 @@ async fn main() -> anyhow::Result<()> {
             h.to_replica_max,
             h.full_mean,
             h.exact_share * 100.0
+        )?;
+    }
+    if args.scale_nodes > 0 {
+        let bin = args.dht_node.clone().unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(|d| d.join("dht-node")))
+                .unwrap_or_else(|| "dht-node".into())
+        });
+        eprintln!("== scale-out: {} nodes", args.scale_nodes);
+        let s = scale::run(
+            &bin,
+            args.scale_nodes,
+            args.scale_per_process,
+            args.ops,
+            args.value_len,
+        )
+        .await?;
+        eprintln!("{s:?}");
+        writeln!(
+            md,
+            "\n### Largest network on this machine (real nodes, several processes)\n\n\
+             {} nodes over real TCP + noise + yamux on 127.0.0.1 in {} processes of up to {} \
+             (`dht-node testnet --join`; one process's 20,000 file descriptors bound its \
+             nodes' connections). {} operations from the first process's nodes; latencies in ms.\n",
+            s.nodes, s.processes, args.scale_per_process, args.ops
+        )?;
+        writeln!(md, "| figure | p50 | p90 | p99 |")?;
+        writeln!(md, "|---|---|---|---|")?;
+        for (name, v) in [
+            ("put confirmed by a majority", s.put),
+            ("get first valid", s.get_first),
+            ("get best-of-quorum", s.get_quorum),
+        ] {
+            writeln!(md, "| {name} | {:.2} | {:.2} | {:.2} |", v[0], v[1], v[2])?;
+        }
+        writeln!(
+            md,
+            "\nFormed in {:.1} s; resident memory {:.1} MB per node (all processes); {} failed operations.",
+            s.formation_s, s.rss_mb_per_node, s.failures
         )?;
     }
     std::fs::write(&args.out, &md)?;

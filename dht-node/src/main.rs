@@ -96,6 +96,10 @@ enum Command {
         /// Keep each node's redb store in a temporary directory instead of memory.
         #[arg(long)]
         on_disk: bool,
+        /// Join an existing network through this address instead of starting a new one
+        /// (several processes then form one larger testnet).
+        #[arg(long)]
+        join: Option<Multiaddr>,
     },
 }
 
@@ -266,7 +270,11 @@ async fn dispatch(cli: Cli) -> Result<()> {
             node.shutdown().await;
             Ok(())
         }
-        Command::Testnet { nodes, on_disk } => testnet(nodes, on_disk).await,
+        Command::Testnet {
+            nodes,
+            on_disk,
+            join,
+        } => testnet(nodes, on_disk, join).await,
     }
 }
 
@@ -475,11 +483,17 @@ async fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-async fn testnet(nodes: usize, on_disk: bool) -> Result<()> {
+async fn testnet(nodes: usize, on_disk: bool, join: Option<Multiaddr>) -> Result<()> {
     if nodes == 0 {
         bail!("--nodes must be at least 1");
     }
-    let net = Testnet::builder(nodes).on_disk(on_disk).build().await?;
+    let mut config = NodeConfig::local();
+    config.bootstrap = join.into_iter().collect();
+    let net = Testnet::builder(nodes)
+        .config(config)
+        .on_disk(on_disk)
+        .build()
+        .await?;
     let boot = net.bootstrap_addr().context("no bootstrap address")?;
     println!("BOOTSTRAP {boot}");
     for n in &net.nodes {

@@ -121,7 +121,9 @@ fn open_files_limit() -> usize {
 }
 
 impl TestnetBuilder {
-    /// The configuration template of every node (listen and bootstrap are set per node).
+    /// The configuration template of every node (listen is set per node). Its bootstrap
+    /// addresses, if any, make the first node join that network (the others join through
+    /// the first).
     pub fn config(mut self, config: NodeConfig) -> Self {
         self.config = config;
         self
@@ -138,7 +140,9 @@ impl TestnetBuilder {
         let mut template = self.config;
         template.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr")];
         template.quic = false;
-        template.bootstrap.clear();
+        // The template's bootstrap addresses (an existing network to join) go to the
+        // first node; the others bootstrap from it.
+        let join = std::mem::take(&mut template.bootstrap);
         template.data_dir = None;
         // Every node's connections are file descriptors of this one process: share three
         // quarters of the process's limit so that no node runs out (accept failures
@@ -152,9 +156,11 @@ impl TestnetBuilder {
         };
         for i in 0..self.size {
             let mut config = template.clone();
-            if i > 0 {
-                config.bootstrap = net.bootstrap_addr().into_iter().collect();
-            }
+            config.bootstrap = if i == 0 {
+                join.clone()
+            } else {
+                net.bootstrap_addr().into_iter().collect()
+            };
             if self.on_disk {
                 let dir = tempfile::tempdir()?;
                 config.data_dir = Some(dir.path().to_path_buf());

@@ -1,0 +1,178 @@
+//! The largest network on one machine: real nodes over real TCP sockets on 127.0.0.1,
+//! spread over several processes (`dht-node testnet --join`), because one process's
+//! file-descriptor limit bounds how many connections its nodes can hold. Operations run
+//! from the nodes of this process against the whole network.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use dht_core::{MutableItem, SigningKey};
+use dht_node::{GetMode, NodeConfig, Testnet};
+use rand::Rng;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Figures of one scale-out run.
+#[derive(Debug, Default, Clone)]
+pub struct ScaleFigures {
+    /// Nodes in the network.
+    pub nodes: usize,
+    /// Processes they ran in.
+    pub processes: usize,
+    /// Seconds until every process reported its nodes ready.
+    pub formation_s: f64,
+    /// Resident memory of all processes together, per node (MB).
+    pub rss_mb_per_node: f64,
+    /// Put until a majority of replicas confirmed (ms): p50, p90, p99.
+    pub put: [f64; 3],
+    /// First valid get (ms).
+    pub get_first: [f64; 3],
+    /// Best-of-quorum get (ms).
+    pub get_quorum: [f64; 3],
+    /// Operations that failed.
+    pub failures: usize,
+}
+
+fn pcts(mut v: Vec<Duration>) -> [f64; 3] {
+    if v.is_empty() {
+        return [0.0; 3];
+    }
+    v.sort();
+    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e3;
+    [at(0.5), at(0.9), at(0.99)]
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Kills the child processes when dropped (also on error paths).
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.start_kill();
+        }
+    }
+}
+
+/// Runs a network of `nodes` nodes, `per_process` per process (this one included), and
+/// measures `ops` operations from this process's nodes.
+pub async fn run(
+    dht_node_bin: &Path,
+    nodes: usize,
+    per_process: usize,
+    ops: usize,
+    value_len: usize,
+) -> anyhow::Result<ScaleFigures> {
+    anyhow::ensure!(
+        dht_node_bin.exists(),
+        "{} not found: build it with `cargo build --release -p dht-node`",
+        dht_node_bin.display()
+    );
+    let per_process = per_process.clamp(1, nodes.max(1));
+    let processes = nodes.div_ceil(per_process);
+    let t0 = Instant::now();
+    let mut config = NodeConfig::local();
+    config.max_peers_per_ip_range = None;
+    let net = Testnet::builder(per_process).config(config).build().await?;
+    let join = net.bootstrap_addr().context("no bootstrap address")?;
+    let mut children = Children(Vec::new());
+    let mut remaining = nodes - per_process;
+    while remaining > 0 {
+        let n = remaining.min(per_process);
+        remaining -= n;
+        let mut child = Command::new(dht_node_bin)
+            .args([
+                "testnet",
+                "--nodes",
+                &n.to_string(),
+                "--join",
+                &join.to_string(),
+            ])
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", dht_node_bin.display()))?;
+        let stdout = child.stdout.take().context("child stdout")?;
+        children.0.push(child);
+        // One process at a time: each joins the network the previous ones formed.
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(180), async {
+            while let Some(line) = lines.next_line().await? {
+                if line.starts_with("READY") {
+                    return Ok::<_, std::io::Error>(true);
+                }
+            }
+            Ok(false)
+        })
+        .await;
+        anyhow::ensure!(
+            matches!(ready, Ok(Ok(true))),
+            "a testnet process did not become ready"
+        );
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        eprintln!(
+            "   {} nodes up after {:.1} s",
+            nodes - remaining,
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    let mut f = ScaleFigures {
+        nodes,
+        processes,
+        formation_s: t0.elapsed().as_secs_f64(),
+        ..ScaleFigures::default()
+    };
+    // Let routing tables settle (the later processes' lookups reach the first nodes).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let own = rss_mb(std::process::id());
+    let others: f64 = children.0.iter().filter_map(Child::id).map(rss_mb).sum();
+    f.rss_mb_per_node = (own + others) / nodes as f64;
+
+    let mut rng = rand::thread_rng();
+    let keys: Vec<SigningKey> = (0..ops).map(|_| SigningKey::generate_ed25519()).collect();
+    let mut lat = Vec::with_capacity(ops);
+    for k in &keys {
+        let node = &net.nodes[rng.gen_range(0..net.nodes.len())];
+        let item = MutableItem::sign(k, k.public_key(), "tp", 1, vec![0x42; value_len]);
+        let t = Instant::now();
+        let ok = node.put(item).await.is_ok_and(|r| r.majority_stored());
+        lat.push(t.elapsed());
+        f.failures += usize::from(!ok);
+    }
+    f.put = pcts(lat);
+    eprintln!("   puts done: {:?}", f.put);
+    for (mode, slot) in [
+        (GetMode::First, &mut f.get_first),
+        (GetMode::Quorum(0), &mut f.get_quorum),
+    ] {
+        let mut lat = Vec::with_capacity(ops);
+        for k in &keys {
+            let node = &net.nodes[rng.gen_range(0..net.nodes.len())];
+            let t = Instant::now();
+            let got = node.get(k.public_key(), b"tp", mode).await;
+            lat.push(t.elapsed());
+            if !got.is_ok_and(|g| g.value().is_some()) {
+                f.failures += 1;
+            }
+        }
+        *slot = pcts(lat);
+        eprintln!("   gets ({mode:?}) done: {slot:?}");
+    }
+    net.shutdown().await;
+    drop(children);
+    Ok(f)
+}
