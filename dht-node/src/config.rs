@@ -65,6 +65,9 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     /// Time allowed for a lookup of the closest peers.
     pub lookup_timeout: Duration,
+    /// A first-valid get asks the alpha closest known peers first and starts a lookup
+    /// only if none answered with the item within this delay (or all missed).
+    pub get_hedge_delay: Duration,
     /// Interval of the republish pass (jittered by +-10%).
     pub republish_interval: Duration,
     /// Interval of the expiry sweep.
@@ -108,6 +111,7 @@ impl Default for NodeConfig {
             parallelism: 3,
             request_timeout: Duration::from_secs(5),
             lookup_timeout: Duration::from_secs(10),
+            get_hedge_delay: Duration::from_millis(50),
             republish_interval: Duration::from_secs(60 * 60),
             sweep_interval: Duration::from_secs(60),
             save_interval: Duration::from_secs(30),

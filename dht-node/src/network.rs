@@ -262,6 +262,7 @@ impl Driver {
                         self.refresh_view();
                     }
                     self.trim_connections();
+                    self.finish_abandoned_lookups();
                     self.shared
                         .metrics
                         .connected_peers
@@ -278,6 +279,22 @@ impl Driver {
             debug!(%peer, "connection budget: disconnecting least recently used peer");
             let _ = self.swarm.disconnect_peer_id(peer);
         }
+    }
+
+    /// Stops the kad queries whose caller went away (a get answered before its lookup
+    /// finished), so they stop costing requests.
+    fn finish_abandoned_lookups(&mut self) {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        self.lookups.retain(|id, reply| {
+            if reply.is_closed() {
+                if let Some(mut query) = kad.query_mut(id) {
+                    query.finish();
+                }
+                false
+            } else {
+                true
+            }
+        });
     }
 
     /// Counts a finished query's kad requests in the metrics.

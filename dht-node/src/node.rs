@@ -738,11 +738,22 @@ impl Node {
             asked.insert(p);
             pending.push(self.ask(p, target));
         }
-        let lookup = self.lookup(target);
+        // Hedged: the lookup starts only if the closest known peers have not answered
+        // with the item within `get_hedge_delay` (or all missed), so a read that the
+        // routing table already resolves costs alpha requests, not a whole lookup.
+        let hedge = tokio::time::sleep(self.inner.config.get_hedge_delay);
+        tokio::pin!(hedge);
+        let mut hedged = false;
+        let lookup = futures::future::OptionFuture::from(None);
         tokio::pin!(lookup);
         let mut lookup_done = false;
         loop {
+            if !hedged && (hedge.is_elapsed() || pending.is_empty()) {
+                hedged = true;
+                lookup.set(Some(self.lookup(target)).into());
+            }
             tokio::select! {
+                _ = &mut hedge, if !hedged => {}
                 Some((peer, answer)) = pending.next(), if !pending.is_empty() => {
                     match answer {
                         Ok(Some(found)) => {
@@ -759,7 +770,7 @@ impl Node {
                         Err(Answer::Failed(_)) => {}
                     }
                 }
-                peers = &mut lookup, if !lookup_done => {
+                Some(peers) = &mut lookup, if hedged && !lookup_done => {
                     lookup_done = true;
                     let key = crate::routing::target_key(&target);
                     let found: Vec<PeerId> = peers.unwrap_or_default().into_iter().map(|(p, _)| p).collect();
@@ -893,8 +904,18 @@ impl Node {
             t.abort();
             let _ = t.await;
         }
-        // Release the store (and the redb file) once in-flight work let go of it.
-        self.inner.store.write().take();
+        // Release the store (and the redb file): wait, briefly, for in-flight work (an
+        // inbound request being answered) to let go of it, so that a restart on the
+        // same data directory can open it.
+        let store = self.inner.store.write().take();
+        if let Some(store) = store {
+            let weak = Arc::downgrade(&store);
+            drop(store);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while weak.strong_count() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
         info!(peer_id = %self.inner.peer_id, "node stopped");
     }
 }
