@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 mod hops;
+mod memory;
 mod scale;
+mod seed;
 
 use dht_core::{MutableItem, SigningKey, Target};
 use dht_node::{GetMode, NodeConfig, Testnet};
@@ -56,6 +58,15 @@ struct Args {
     /// Nodes per process in the scale-out run.
     #[arg(long, default_value_t = 100)]
     scale_per_process: usize,
+    /// Seed scenario scales to run (1: the production snapshot, 10: ten times larger).
+    #[arg(long, value_delimiter = ',', default_value = "1,10")]
+    seed_scales: Vec<usize>,
+    /// Items held by the standalone node in the memory measurement (0: skip).
+    #[arg(long, default_value_t = 100_000)]
+    memory_items: usize,
+    /// Nodes of the restarted-node catch-up measurement (0: skip).
+    #[arg(long, default_value_t = 40)]
+    catch_up_nodes: usize,
     /// The `dht-node` binary (default: beside this one).
     #[arg(long)]
     dht_node: Option<std::path::PathBuf>,
@@ -374,6 +385,9 @@ async fn main() -> anyhow::Result<()> {
         args.ops = 20;
         args.model_sizes = vec![1000];
         args.scale_nodes = 0;
+        args.seed_scales = vec![1];
+        args.memory_items = 2_000;
+        args.catch_up_nodes = 10;
     }
     let mem_total = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -568,13 +582,40 @@ async fn main() -> anyhow::Result<()> {
             h.exact_share * 100.0
         )?;
     }
+    let bin = args.dht_node.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("dht-node")))
+            .unwrap_or_else(|| "dht-node".into())
+    });
+    let mut seed_rows = Vec::new();
+    for &scale in &args.seed_scales {
+        eprintln!("== seed scenario {scale}x");
+        let r = seed::run(scale, 20).await?;
+        eprintln!("{r:?}");
+        seed_rows.push(r);
+    }
+    if !seed_rows.is_empty() {
+        md.push_str(&seed::markdown(&seed_rows));
+    }
+    let mem = if args.memory_items > 0 {
+        eprintln!("== standalone node memory");
+        let m = memory::node_memory(&bin, args.memory_items, args.value_len).await?;
+        eprintln!("{m:?}");
+        Some(m)
+    } else {
+        None
+    };
+    let catch = if args.catch_up_nodes > 0 {
+        eprintln!("== catch-up of a restarted node");
+        let c = memory::catch_up(args.catch_up_nodes, if args.quick { 50 } else { 500 }).await?;
+        eprintln!("{c:?}");
+        Some(c)
+    } else {
+        None
+    };
+    md.push_str(&memory::markdown(mem.as_ref(), catch.as_ref()));
     if args.scale_nodes > 0 {
-        let bin = args.dht_node.clone().unwrap_or_else(|| {
-            std::env::current_exe()
-                .ok()
-                .and_then(|p| p.parent().map(|d| d.join("dht-node")))
-                .unwrap_or_else(|| "dht-node".into())
-        });
         eprintln!("== scale-out: {} nodes", args.scale_nodes);
         let s = scale::run(
             &bin,
