@@ -70,8 +70,10 @@ struct Args {
     /// The `dht-node` binary (default: beside this one).
     #[arg(long)]
     dht_node: Option<std::path::PathBuf>,
-    /// Write the markdown tables here.
-    #[arg(long, default_value = "BENCHMARKS.testnet.md")]
+    /// Write the markdown tables here. If the file has the markers
+    /// `<!-- dht-bench:start -->` and `<!-- dht-bench:end -->`, only the text between them
+    /// is replaced (the written findings around them stay).
+    #[arg(long, default_value = "BENCHMARKS.md")]
     out: String,
 }
 
@@ -364,6 +366,24 @@ fn mainline_figures(size: usize, ops: usize, value_len: usize) -> anyhow::Result
     Ok(f)
 }
 
+const START: &str = "<!-- dht-bench:start -->";
+const END: &str = "<!-- dht-bench:end -->";
+
+/// Writes `md` to `path`, between the markers if the file has them.
+fn write_report(path: &str, md: &str) -> anyhow::Result<()> {
+    let existing = std::fs::read_to_string(path).unwrap_or_default();
+    let out = match (existing.find(START), existing.find(END)) {
+        (Some(a), Some(b)) if a < b => format!(
+            "{}{START}\n{md}\n{}",
+            &existing[..a],
+            &existing[b..]
+        ),
+        _ => md.to_string(),
+    };
+    std::fs::write(path, out)?;
+    Ok(())
+}
+
 /// A row label built at run time (a handful per run).
 fn leak(s: String) -> &'static str {
     Box::leak(s.into_boxed_str())
@@ -649,7 +669,7 @@ async fn main() -> anyhow::Result<()> {
             s.formation_s, s.rss_mb_per_node, s.failures
         )?;
     }
-    std::fs::write(&args.out, &md)?;
+    write_report(&args.out, &md)?;
     println!("{md}");
     Ok(())
 }
