@@ -78,7 +78,11 @@ pub fn snapshot(total: usize, visors: usize, hubs: usize, per_hub: usize) -> Vec
         if a == b {
             continue;
         }
-        let label = if i.is_multiple_of(10) { "user" } else { "automatic" };
+        let label = if i.is_multiple_of(10) {
+            "user"
+        } else {
+            "automatic"
+        };
         let e = TransportEntry::new(&key(a), &key(b), types[i % 4], label);
         if seen.insert(e.t_id.clone()) {
             out.push(e);

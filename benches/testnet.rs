@@ -373,11 +373,9 @@ const END: &str = "<!-- dht-bench:end -->";
 fn write_report(path: &str, md: &str) -> anyhow::Result<()> {
     let existing = std::fs::read_to_string(path).unwrap_or_default();
     let out = match (existing.find(START), existing.find(END)) {
-        (Some(a), Some(b)) if a < b => format!(
-            "{}{START}\n{md}\n{}",
-            &existing[..a],
-            &existing[b..]
-        ),
+        (Some(a), Some(b)) if a < b => {
+            format!("{}{START}\n{md}\n{}", &existing[..a], &existing[b..])
+        }
         _ => md.to_string(),
     };
     std::fs::write(path, out)?;
@@ -628,7 +626,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let catch = if args.catch_up_nodes > 0 {
         eprintln!("== catch-up of a restarted node");
-        let c = memory::catch_up(args.catch_up_nodes, if args.quick { 50 } else { 500 }).await?;
+        let c = memory::catch_up(args.catch_up_nodes, if args.quick { 50 } else { 300 }).await?;
         eprintln!("{c:?}");
         Some(c)
     } else {
@@ -641,7 +639,7 @@ async fn main() -> anyhow::Result<()> {
             &bin,
             args.scale_nodes,
             args.scale_per_process,
-            args.ops,
+            args.ops.min(60),
             args.value_len,
         )
         .await?;
@@ -652,7 +650,10 @@ async fn main() -> anyhow::Result<()> {
              {} nodes over real TCP + noise + yamux on 127.0.0.1 in {} processes of up to {} \
              (`dht-node testnet --join`; one process's 20,000 file descriptors bound its \
              nodes' connections). {} operations from the first process's nodes; latencies in ms.\n",
-            s.nodes, s.processes, args.scale_per_process, args.ops
+            s.nodes,
+            s.processes,
+            args.scale_per_process,
+            args.ops.min(60)
         )?;
         writeln!(md, "| figure | p50 | p90 | p99 |")?;
         writeln!(md, "|---|---|---|---|")?;

@@ -135,10 +135,19 @@ impl std::fmt::Debug for RedbStore {
     }
 }
 
+/// redb's page cache. Its default (1 GiB) let a node's memory grow to the size of its
+/// store after one full read (a republish pass, a neighbour's catch-up sync); the store
+/// is read sequentially in those passes, so a small cache costs little.
+pub const REDB_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 impl RedbStore {
-    /// Opens (creating if needed) the store at `path`.
+    /// Opens (creating if needed) the store at `path`, with a page cache of
+    /// [`REDB_CACHE_BYTES`].
     pub fn open(path: impl AsRef<Path>, config: StoreConfig) -> Result<Self, StoreError> {
-        let db = Database::create(path.as_ref()).map_err(db_err)?;
+        let db = redb::Builder::new()
+            .set_cache_size(REDB_CACHE_BYTES)
+            .create(path.as_ref())
+            .map_err(db_err)?;
         let txn = db.begin_write().map_err(db_err)?;
         {
             RedbTxn::open(&txn)?;
