@@ -25,7 +25,8 @@ pub struct MemoryFigures {
     pub store_mb_on_disk: f64,
 }
 
-fn rss_mb(pid: u32) -> f64 {
+/// Resident memory of process `pid` in MB (0 if unknown).
+pub fn rss_mb(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {

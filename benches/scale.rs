@@ -35,24 +35,9 @@ pub struct ScaleFigures {
     pub failures: usize,
 }
 
-fn pcts(mut v: Vec<Duration>) -> [f64; 3] {
-    if v.is_empty() {
-        return [0.0; 3];
-    }
-    v.sort();
-    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e3;
-    [at(0.5), at(0.9), at(0.99)]
-}
-
-fn rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+fn pcts(v: Vec<Duration>) -> [f64; 3] {
+    let p = crate::pcts(v);
+    [p.p50, p.p90, p.p99]
 }
 
 /// Kills the child processes when dropped (also on error paths).
@@ -138,8 +123,13 @@ pub async fn run(
     };
     // Let routing tables settle (the later processes' lookups reach the first nodes).
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let own = rss_mb(std::process::id());
-    let others: f64 = children.0.iter().filter_map(Child::id).map(rss_mb).sum();
+    let own = crate::memory::rss_mb(std::process::id());
+    let others: f64 = children
+        .0
+        .iter()
+        .filter_map(Child::id)
+        .map(crate::memory::rss_mb)
+        .sum();
     f.rss_mb_per_node = (own + others) / nodes as f64;
 
     let mut rng = rand::thread_rng();

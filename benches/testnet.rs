@@ -190,16 +190,7 @@ fn requests_sent(net: &Testnet) -> u64 {
 }
 
 fn rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|k| k.parse::<f64>().ok())
-            })
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+    memory::rss_mb(std::process::id())
 }
 
 async fn ours(size: usize, ops: usize, value_len: usize, quick: bool) -> anyhow::Result<Figures> {
