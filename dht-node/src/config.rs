@@ -68,6 +68,13 @@ pub struct NodeConfig {
     /// A first-valid get asks the alpha closest known peers first and starts a lookup
     /// only if none answered with the item within this delay (or all missed).
     pub get_hedge_delay: Duration,
+    /// A peer suspected (its dial or a request failed) for this long is declared dead:
+    /// it leaves the routing table and its items are re-replicated at once.
+    pub dead_after: Duration,
+    /// When a put's responsible set is smaller than `replication` (a young routing
+    /// table, or a small network), how long it waits for its lookup once a majority
+    /// stored.
+    pub put_lookup_grace: Duration,
     /// Interval of the republish pass (jittered by +-10%).
     pub republish_interval: Duration,
     /// Interval of the expiry sweep.
@@ -112,6 +119,8 @@ impl Default for NodeConfig {
             request_timeout: Duration::from_secs(5),
             lookup_timeout: Duration::from_secs(10),
             get_hedge_delay: Duration::from_millis(50),
+            dead_after: Duration::from_secs(10),
+            put_lookup_grace: Duration::from_millis(500),
             republish_interval: Duration::from_secs(60 * 60),
             sweep_interval: Duration::from_secs(60),
             save_interval: Duration::from_secs(30),

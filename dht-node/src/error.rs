@@ -29,6 +29,9 @@ pub enum NodeError {
     /// Filesystem trouble (data directory, key file, saved routing table).
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// A background task of the node failed (panicked or was cancelled).
+    #[error("task failed: {0}")]
+    Task(String),
     /// Invalid configuration or identity.
     #[error("config: {0}")]
     Config(String),

@@ -8,6 +8,13 @@ use libp2p::PeerId;
 pub enum NodeEvent {
     /// A peer entered the routing table.
     PeerAdded(PeerId),
+    /// A dial or request to a peer failed: puts and gets skip it while it is re-dialled.
+    PeerSuspected(PeerId),
+    /// A peer's outage lasted long enough to declare it dead: it left the routing table
+    /// and its items are being re-replicated.
+    PeerDeparted(PeerId),
+    /// A suspected or dead peer answered again: missed changes are exchanged.
+    PeerReturned(PeerId),
     /// A kad bootstrap round finished.
     BootstrapFinished,
     /// An item was stored (or refreshed) in the local store.

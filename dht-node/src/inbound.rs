@@ -13,7 +13,7 @@ use tracing::{debug, instrument};
 use crate::events::NodeEvent;
 use crate::network::Shared;
 use crate::protocol::{
-    envelope, error_response, parse_put_item, parse_target, rejected, request_kind, request_proto,
+    accepted, envelope, error_response, parse_put_item, parse_target, rejected, request_kind, request_proto,
     response_proto, GetResponseProto, PutRequestProto, PutResponseProto, PutResultProto,
     RequestProto, ResponseProto, SyncRequestProto, SyncResponseProto,
 };
@@ -35,6 +35,8 @@ pub struct Inbound {
     pub replication: usize,
     /// Largest message.
     pub max_message_len: usize,
+    /// The store's epoch, sent with sync pages.
+    pub epoch: u64,
 }
 
 impl Inbound {
@@ -58,6 +60,11 @@ impl Inbound {
         // Signature checks and the store are blocking work: keep them off the reactor.
         let result = tokio::task::spawn_blocking(move || match request.kind {
             Some(Kind::Put(p)) => this.put(peer, p),
+            // A node catching up may hold copies replaced or deleted while it was away:
+            // it refuses, and the reader asks the other replicas.
+            Some(Kind::Get(_)) if !this.shared.caught_up() => {
+                error_response("catching_up", "catch-up sync in progress")
+            }
             Some(Kind::Get(g)) => this.get(&g.target),
             Some(Kind::Sync(s)) => this.sync(peer, s),
             None => error_response("malformed", "empty request"),
@@ -131,22 +138,22 @@ impl Inbound {
             .count_put(salt, outcome.as_ref().map(|a| *a).map_err(|r| r.code()));
         match outcome {
             Ok(a) => {
+                if matches!(a, Admission::Supersede { .. }) {
+                    self.shared.metrics.equivocations.inc();
+                }
                 let _ = self.shared.events.send(NodeEvent::ItemStored {
                     target,
                     seq,
                     tombstone,
                 });
-                PutResultProto {
-                    outcome: match a {
-                        Admission::Insert => 1,
-                        Admission::Replace { .. } => 2,
-                        Admission::Refresh => 3,
-                    },
-                    reason: 0,
-                    detail: String::new(),
-                }
+                accepted(a)
             }
-            Err(r) => rejected(r.code(), r.to_string()),
+            Err(r) => {
+                if r.code() == dht_core::ReasonCode::Equivocation {
+                    self.shared.metrics.equivocations.inc();
+                }
+                rejected(r.code(), r.to_string())
+            }
         }
     }
 
@@ -187,7 +194,7 @@ impl Inbound {
                 &item.target(),
                 self.replication,
                 self.local,
-                Some(peer),
+                &[peer],
             );
             if responsible.contains(&peer) {
                 let size = item.stored_size() + 64;
@@ -205,6 +212,7 @@ impl Inbound {
                 items,
                 next,
                 done,
+                epoch: self.epoch,
             })),
         }
     }

@@ -64,6 +64,20 @@ pub struct Metrics {
     pub get_latency: Family<GetLabels, Histogram>,
     /// Items accepted by salt.
     pub items_accepted_by_salt: Family<SaltLabels, Counter>,
+    /// Peers suspected after a failed dial or request.
+    pub peers_suspected: Counter,
+    /// Peers declared dead (out of the routing table) after a long outage.
+    pub peers_declared_dead: Counter,
+    /// Puts that returned before every replica asked had answered (the rest finished in
+    /// the background).
+    pub puts_returned_early: Counter,
+    /// Puts whose report found no majority of the responsible set holding the item.
+    pub puts_without_majority: Counter,
+    /// Equal-seq conflicts resolved by the total order (a different item at the same seq
+    /// won or lost).
+    pub equivocations: Counter,
+    /// Items copied to a peer that became responsible after another was declared dead.
+    pub items_rereplicated: Counter,
     registry: Mutex<Registry>,
 }
 
@@ -95,10 +109,46 @@ impl Metrics {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16))
             }),
             items_accepted_by_salt: Family::default(),
+            peers_suspected: Counter::default(),
+            peers_declared_dead: Counter::default(),
+            puts_returned_early: Counter::default(),
+            puts_without_majority: Counter::default(),
+            equivocations: Counter::default(),
+            items_rereplicated: Counter::default(),
             registry: Mutex::new(Registry::with_prefix("dht")),
         };
         {
             let mut r = m.registry.lock();
+            r.register(
+                "peers_suspected",
+                "Peers suspected after a failed dial or request",
+                m.peers_suspected.clone(),
+            );
+            r.register(
+                "peers_declared_dead",
+                "Peers declared dead and removed from the routing table",
+                m.peers_declared_dead.clone(),
+            );
+            r.register(
+                "puts_returned_early",
+                "Puts that returned once a majority stored, before every replica answered",
+                m.puts_returned_early.clone(),
+            );
+            r.register(
+                "puts_without_majority",
+                "Puts after which no majority of the responsible set held the item",
+                m.puts_without_majority.clone(),
+            );
+            r.register(
+                "equivocations",
+                "Equal-seq conflicts resolved by the total order",
+                m.equivocations.clone(),
+            );
+            r.register(
+                "items_rereplicated",
+                "Items copied to new replicas after a peer was declared dead",
+                m.items_rereplicated.clone(),
+            );
             r.register(
                 "routing_table_peers",
                 "Peers in the routing table",
@@ -182,11 +232,7 @@ impl Metrics {
                     .inc();
                 (
                     "accepted",
-                    match a {
-                        dht_core::Admission::Insert => "inserted",
-                        dht_core::Admission::Replace { .. } => "replaced",
-                        dht_core::Admission::Refresh => "refreshed",
-                    },
+                    crate::report::admission_name(a),
                 )
             }
             Err(code) => ("rejected", code.as_str()),

@@ -10,9 +10,12 @@ use std::time::{Duration, Instant};
 use dht_core::Target;
 use futures::StreamExt;
 use libp2p::kad::{self, QueryId, QueryResult};
-use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::request_response::{
+    self, OutboundFailure, OutboundRequestId, ProtocolSupport, ResponseChannel,
+};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{identify, identity, Multiaddr, PeerId, Swarm};
+use libp2p::{allow_block_list, identify, identity, ping, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -20,6 +23,7 @@ use crate::config::{NodeConfig, NodeMode};
 use crate::connections::ConnectionBudget;
 use crate::events::NodeEvent;
 use crate::inbound::Inbound;
+use crate::liveness::{Change, Liveness};
 use crate::metrics::RequestLabels;
 use crate::protocol::{
     error_response, request_kind, ItemCodec, RequestProto, ResponseProto, ITEM_PROTOCOL,
@@ -28,14 +32,20 @@ use crate::protocol::{
 use crate::routing::{ip_range, is_dialable, RoutingView};
 use crate::NodeError;
 
+/// How often connected peers are pinged (`/ipfs/ping/1.0.0`): a pong clears a
+/// suspicion, a missed one closes the connection.
+const PING_INTERVAL: Duration = Duration::from_secs(30);
+
 /// A new connection is never trimmed before it is this old (a lookup needs it first).
 const CONNECTION_GRACE: Duration = Duration::from_secs(2);
 
 /// The combined behaviour of a node.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     kad: kad::Behaviour<kad::store::MemoryStore>,
     identify: identify::Behaviour,
+    ping: ping::Behaviour,
     items: request_response::Behaviour<ItemCodec>,
 }
 
@@ -75,8 +85,10 @@ pub enum Command {
     AddPeer(PeerId, Multiaddr),
     /// Run a kad bootstrap (refresh buckets).
     Bootstrap,
-    /// Current listen addresses.
-    ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    /// Refuse every connection to and from a peer (and close the open ones).
+    Block(PeerId),
+    /// Lift a [`Command::Block`].
+    Unblock(PeerId),
     /// Number of connected peers.
     ConnectedPeers(oneshot::Sender<usize>),
     /// Stop the swarm task.
@@ -118,6 +130,18 @@ pub struct Shared {
     pub events: tokio::sync::broadcast::Sender<NodeEvent>,
     /// Metrics.
     pub metrics: crate::metrics::Metrics,
+    /// Suspected and dead peers.
+    pub(crate) liveness: Liveness,
+    /// Whether the start-up catch-up finished (until then the local copy alone answers
+    /// no read).
+    pub(crate) caught_up: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    /// Whether the start-up catch-up has finished.
+    pub fn caught_up(&self) -> bool {
+        self.caught_up.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// Builds the swarm.
@@ -166,8 +190,10 @@ pub fn build_swarm(
                 .with_max_concurrent_streams(1024),
         );
         Behaviour {
+            blocked: Default::default(),
             kad,
             identify,
+            ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
             items,
         }
     };
@@ -263,6 +289,7 @@ impl Driver {
                     }
                     self.trim_connections();
                     self.finish_abandoned_lookups();
+                    self.check_liveness();
                     self.shared
                         .metrics
                         .connected_peers
@@ -271,6 +298,56 @@ impl Driver {
             }
         }
         debug!("swarm task stopped");
+    }
+
+    /// Re-dials suspected peers whose backoff elapsed, and declares dead those whose
+    /// outage lasted `dead_after`: they leave the routing table (their items are
+    /// re-replicated by maintenance) and are still re-dialled, less often.
+    fn check_liveness(&mut self) {
+        let now = Instant::now();
+        for (peer, addrs) in self.shared.liveness.due_redials(now) {
+            self.redial(peer, addrs);
+        }
+        for peer in self.shared.liveness.newly_dead(now) {
+            info!(%peer, "peer declared dead: leaving the routing table");
+            self.swarm.behaviour_mut().kad.remove_peer(&peer);
+            self.view_dirty = true;
+            self.refresh_view();
+            self.shared.metrics.peers_declared_dead.inc();
+            let _ = self.shared.events.send(NodeEvent::PeerDeparted(peer));
+        }
+    }
+
+    fn redial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            debug!(%peer, error = %e, "re-dial not started");
+        }
+    }
+
+    /// A dial or request to `peer` failed: suspect it.
+    fn suspect(&mut self, peer: PeerId, why: &str) {
+        let addrs = self.shared.view.addresses(&peer);
+        if addrs.is_empty() && !self.shared.liveness.is_down(&peer) {
+            // Not a routing-table peer (a client, a one-off dial): nothing to track.
+            return;
+        }
+        if self.shared.liveness.failed(peer, addrs, Instant::now()) == Change::Suspected {
+            debug!(%peer, why, "peer suspected");
+            self.shared.metrics.peers_suspected.inc();
+            let _ = self.shared.events.send(NodeEvent::PeerSuspected(peer));
+        }
+    }
+
+    /// `peer` answered or connected: clear any suspicion.
+    fn heard_from(&mut self, peer: PeerId) {
+        if let Change::Returned { was_dead } = self.shared.liveness.alive(&peer) {
+            info!(%peer, was_dead, "peer is back");
+            let _ = self.shared.events.send(NodeEvent::PeerReturned(peer));
+        }
     }
 
     /// Disconnects the least recently used peers while over the connection budget.
@@ -384,8 +461,14 @@ impl Driver {
                     debug!(error = %e, "bootstrap: no known peers");
                 }
             }
-            Command::ListenAddrs(reply) => {
-                let _ = reply.send(self.swarm.listeners().cloned().collect());
+            Command::Block(peer) => {
+                self.swarm.behaviour_mut().blocked.block_peer(peer);
+            }
+            Command::Unblock(peer) => {
+                self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+                // Dial it now rather than at the next backoff step.
+                let addrs = self.shared.view.addresses(&peer);
+                self.redial(peer, addrs);
             }
             Command::ConnectedPeers(reply) => {
                 let _ = reply.send(self.swarm.connected_peers().count());
@@ -410,26 +493,49 @@ impl Driver {
                 self.view_dirty = true;
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(_)) => {}
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result, .. })) => {
+                if result.is_ok() {
+                    self.heard_from(peer);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Blocked(never)) => match never {},
             SwarmEvent::Behaviour(BehaviourEvent::Items(e)) => self.on_items(e),
             SwarmEvent::NewListenAddr { address, .. } => {
                 info!(%address, "listening");
             }
             SwarmEvent::ConnectionEstablished { peer_id, .. } => {
                 self.budget.established(peer_id, Instant::now());
+                self.heard_from(peer_id);
                 self.trim_connections();
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established,
+                cause,
                 ..
             } => {
                 self.budget.closed(&peer_id);
                 if num_established == 0 {
                     self.limiter.forget(&peer_id);
+                    // Closed by an error (a crashed or cut-off peer), not by an idle
+                    // timeout or the budget: probe it at once; a failed dial suspects it.
+                    if cause.is_some() && !self.shared.view.addresses(&peer_id).is_empty() {
+                        let addrs = self.shared.view.addresses(&peer_id);
+                        self.redial(peer_id, addrs);
+                    }
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 debug!(?peer_id, %error, "outgoing connection failed");
+                if let Some(peer) = peer_id {
+                    if !matches!(
+                        error,
+                        libp2p::swarm::DialError::DialPeerConditionFalse(_)
+                            | libp2p::swarm::DialError::Aborted
+                    ) {
+                        self.suspect(peer, "dial failed");
+                    }
+                }
             }
             _ => {}
         }
@@ -537,6 +643,7 @@ impl Driver {
                     request_id,
                     response,
                 } => {
+                    self.heard_from(peer);
                     if let Some(reply) = self.requests.remove(&request_id) {
                         let _ = reply.send(Ok(response));
                     }
@@ -549,6 +656,9 @@ impl Driver {
                 ..
             } => {
                 debug!(%peer, %error, "request failed");
+                if !matches!(error, OutboundFailure::UnsupportedProtocols) {
+                    self.suspect(peer, "request failed");
+                }
                 if let Some(reply) = self.requests.remove(&request_id) {
                     let _ = reply.send(Err(NodeError::Request(error.to_string())));
                 }

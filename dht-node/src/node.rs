@@ -38,6 +38,12 @@ use crate::NodeError;
 const KEY_FILE: &str = "node.key";
 const STORE_FILE: &str = "items.redb";
 const PEERS_FILE: &str = "peers.json";
+const EPOCH_FILE: &str = "store.epoch";
+/// Sync cursors into each peer's store.
+pub(crate) const CURSORS_FILE: &str = "sync-cursors.json";
+
+/// How long a dead peer is still re-dialled (with backoff) before it is forgotten.
+const FORGET_DEAD_AFTER: Duration = Duration::from_secs(6 * 60 * 60);
 
 /// A running DHT node. Cheap to clone; all clones drive the same node.
 #[derive(Clone)]
@@ -153,6 +159,25 @@ pub fn load_or_create_keypair(dir: &Path) -> Result<identity::Keypair, NodeError
     }
 }
 
+/// The epoch of the store in `dir`: a random id written beside a store created anew, so
+/// that peers holding sync cursors into an earlier store start over.
+fn store_epoch(dir: &Path) -> Result<u64, NodeError> {
+    let path = dir.join(EPOCH_FILE);
+    let store_exists = dir.join(STORE_FILE).exists();
+    if store_exists {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            if let Ok(epoch) = text.trim().parse() {
+                return Ok(epoch);
+            }
+        }
+    }
+    let epoch: u64 = rand::random();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, epoch.to_string())?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(epoch)
+}
+
 /// The libp2p identity of a Skywire secp256k1 key, so a DMSG server's DHT identity can
 /// be its existing key.
 pub fn keypair_from_skywire_secret(secret: &[u8]) -> Result<identity::Keypair, NodeError> {
@@ -185,6 +210,10 @@ impl Node {
         };
         let peer_id = keypair.public().to_peer_id();
         let validator = Validator::new(config.policy.clone());
+        let epoch = match &config.data_dir {
+            Some(dir) => store_epoch(dir)?,
+            None => rand::random(),
+        };
         let store: Option<Arc<dyn RecordStore>> = match (config.mode, store) {
             (NodeMode::Client, _) => None,
             (NodeMode::Full, Some(s)) => Some(s),
@@ -230,11 +259,22 @@ impl Node {
             }
         }
 
+        let store_is_empty = match &store {
+            Some(s) => s.stats()?.items == 0,
+            None => true,
+        };
         let (events, _) = broadcast::channel(1024);
         let shared = Arc::new(Shared {
             view: Default::default(),
             events,
             metrics: Metrics::new(),
+            liveness: crate::liveness::Liveness::new(config.dead_after, FORGET_DEAD_AFTER),
+            // A client has nothing to catch up; a full node reads from others until its
+            // catch-up finished.
+            // An empty store has no stale copy to serve.
+            caught_up: std::sync::atomic::AtomicBool::new(
+                config.mode == NodeMode::Client || store_is_empty,
+            ),
         });
         let inbound = store.as_ref().map(|store| {
             Arc::new(Inbound {
@@ -244,6 +284,7 @@ impl Node {
                 local: peer_id,
                 replication: config.replication,
                 max_message_len: config.max_message_len(),
+                epoch,
             })
         });
         let (tx, rx) = mpsc::channel(4096);
@@ -329,6 +370,28 @@ impl Node {
             .map_err(|_| NodeError::Shutdown)
     }
 
+    /// Refuses every connection to and from `peer` and closes the open ones (an operator
+    /// banning a hostile peer; tests cutting a network in two).
+    pub async fn block_peer(&self, peer: PeerId) -> Result<(), NodeError> {
+        self.command(Command::Block(peer)).await
+    }
+
+    /// Lifts [`Node::block_peer`] and dials the peer again.
+    pub async fn unblock_peer(&self, peer: PeerId) -> Result<(), NodeError> {
+        self.command(Command::Unblock(peer)).await
+    }
+
+    /// Peers currently suspected or declared dead (skipped by puts and gets).
+    pub fn peers_down(&self) -> Vec<PeerId> {
+        self.inner.shared.liveness.down()
+    }
+
+    /// Whether the start-up catch-up has finished (until then reads do not trust the
+    /// local copy alone).
+    pub fn caught_up(&self) -> bool {
+        self.inner.shared.caught_up()
+    }
+
     /// This node's peer id.
     pub fn peer_id(&self) -> PeerId {
         self.inner.peer_id
@@ -391,7 +454,7 @@ impl Node {
                 let s = s.clone();
                 tokio::task::spawn_blocking(move || s.stats())
                     .await
-                    .map_err(|e| NodeError::Config(e.to_string()))??
+                    .map_err(|e| NodeError::Task(e.to_string()))??
             }
             None => Default::default(),
         };
@@ -468,93 +531,6 @@ impl Node {
         }
     }
 
-    /// The peers that should hold `target`: the closest found by a lookup, merged with the
-    /// closest in the local routing table, excluding this node.
-    pub(crate) async fn replicas_for(&self, target: Target) -> Vec<PeerId> {
-        let k = self.inner.config.replication;
-        let mut candidates: Vec<PeerId> = self.inner.shared.view.closest(&target, k);
-        match self.lookup(target).await {
-            Ok(found) => candidates.extend(found.into_iter().map(|(p, _)| p)),
-            Err(e) => debug!(error = %e, "lookup failed; using the local routing table"),
-        }
-        let key = crate::routing::target_key(&target);
-        // The k closest nodes including this one (if it is a full node): when it is one of
-        // them it holds a replica itself and k - 1 peers are asked.
-        if self.inner.config.mode == NodeMode::Full {
-            candidates.push(self.inner.peer_id);
-        }
-        let mut out = crate::routing::closest_of(&key, candidates.into_iter(), k);
-        out.retain(|p| *p != self.inner.peer_id);
-        out
-    }
-
-    /// Publishes an item with default options.
-    pub async fn put(&self, item: MutableItem) -> Result<PutReport, NodeError> {
-        self.put_with(item, PutOptions::default()).await
-    }
-
-    /// Publishes an item: validates it, stores it locally (full nodes) and on the closest
-    /// replicas, and reports what each did.
-    #[instrument(skip_all, fields(target = %item.target(), seq = item.seq))]
-    pub async fn put_with(
-        &self,
-        item: MutableItem,
-        opts: PutOptions,
-    ) -> Result<PutReport, NodeError> {
-        let verified = self
-            .inner
-            .validator
-            .validate(item)
-            .map_err(NodeError::Rejected)?;
-        let target = verified.target();
-        let seq = verified.item().seq;
-        let item = verified.item().clone();
-        let local = match self.responsible_store(&target) {
-            Some(store) => {
-                let store = store.clone();
-                let v = verified.clone();
-                let r = tokio::task::spawn_blocking(move || store.put(v, opts))
-                    .await
-                    .map_err(|e| NodeError::Config(e.to_string()))?;
-                Some(match r {
-                    Ok(a) => {
-                        let _ = self.inner.shared.events.send(NodeEvent::ItemStored {
-                            target,
-                            seq,
-                            tombstone: item.is_tombstone(),
-                        });
-                        self.metrics().count_put(&item.salt, Ok(a));
-                        ReplicaResult::Stored(a)
-                    }
-                    Err(dht_core::StoreError::Rejected(r)) => {
-                        self.metrics().count_put(&item.salt, Err(r.code()));
-                        ReplicaResult::Rejected {
-                            code: r.code(),
-                            detail: r.to_string(),
-                        }
-                    }
-                    Err(e) => return Err(e.into()),
-                })
-            }
-            None => None,
-        };
-        let peers = self.replicas_for(target).await;
-        let replicas = self.put_to(&peers, &item, opts).await;
-        let report = PutReport {
-            target,
-            seq,
-            local,
-            replicas,
-        };
-        debug!(
-            stored = report.stored_on().len(),
-            rejected = report.rejected_by().len(),
-            failed = report.failed().len(),
-            "put finished"
-        );
-        Ok(report)
-    }
-
     /// Sends an item to one peer as it is, without validating it locally first, and
     /// returns what the peer did. For tooling and tests that probe what replicas accept.
     pub async fn send_item_to(
@@ -572,24 +548,6 @@ impl Node {
             Ok(r) => first_put_result(r),
             Err(e) => ReplicaResult::Failed(e.to_string()),
         }
-    }
-
-    /// Sends one item to `peers` in parallel and collects what each did.
-    pub(crate) async fn put_to(
-        &self,
-        peers: &[PeerId],
-        item: &MutableItem,
-        opts: PutOptions,
-    ) -> Vec<ReplicaOutcome> {
-        let mut pending: FuturesUnordered<_> = peers
-            .iter()
-            .map(|&peer| async move { (peer, self.send_item_to(peer, item, opts).await) })
-            .collect();
-        let mut out = Vec::with_capacity(peers.len());
-        while let Some((peer, result)) = pending.next().await {
-            out.push(ReplicaOutcome { peer, result });
-        }
-        out
     }
 
     /// Deletes the subject's item under `salt`: reads the current seq (best of a quorum)
@@ -610,276 +568,6 @@ impl Node {
             seq,
         ))
         .await
-    }
-
-    /// Reads the item of `subject` under `salt`.
-    pub async fn get(
-        &self,
-        subject: PublicKey,
-        salt: &[u8],
-        mode: GetMode,
-    ) -> Result<GetReport, NodeError> {
-        self.get_target(Target::of(&subject, salt), mode).await
-    }
-
-    /// Reads the item at `target`. Every copy is validated with the dht-core rules and
-    /// must belong to `target`; invalid copies are reported, never returned.
-    #[instrument(skip(self), fields(%target))]
-    pub async fn get_target(&self, target: Target, mode: GetMode) -> Result<GetReport, NodeError> {
-        let started = Instant::now();
-        let report = match mode {
-            GetMode::First => self.get_first(target).await?,
-            GetMode::Quorum(n) => self.get_quorum(target, n).await?,
-        };
-        self.metrics()
-            .get_latency
-            .get_or_create(&GetLabels {
-                mode: match mode {
-                    GetMode::First => "first".into(),
-                    GetMode::Quorum(_) => "quorum".into(),
-                },
-            })
-            .observe(started.elapsed().as_secs_f64());
-        Ok(report)
-    }
-
-    /// The local store, if this node is a full node among the nodes responsible for
-    /// `target` (a node outside that set may hold an outdated copy).
-    fn responsible_store(&self, target: &Target) -> Option<Arc<dyn RecordStore>> {
-        let store = self.store()?;
-        let me = self.inner.peer_id;
-        self.inner
-            .shared
-            .view
-            .responsible(target, self.inner.config.replication, me, None)
-            .contains(&me)
-            .then_some(store)
-    }
-
-    async fn local_copy(&self, target: Target) -> Result<Option<Found>, NodeError> {
-        let Some(store) = self.responsible_store(&target) else {
-            return Ok(None);
-        };
-        let stored = tokio::task::spawn_blocking(move || store.get(&target))
-            .await
-            .map_err(|e| NodeError::Config(e.to_string()))??;
-        Ok(stored.map(|s| Found {
-            item: s.item,
-            expires_at_ms: s.expires_at_ms,
-            from: None,
-        }))
-    }
-
-    async fn ask(&self, peer: PeerId, target: Target) -> (PeerId, Result<Option<Found>, Answer>) {
-        let request = RequestProto {
-            kind: Some(request_proto::Kind::Get(GetRequestProto {
-                target: Bytes::copy_from_slice(target.as_bytes()),
-            })),
-        };
-        let result = match self.request(peer, request).await {
-            Err(e) => Err(Answer::Failed(e.to_string())),
-            Ok(ResponseProto {
-                kind: Some(response_proto::Kind::Get(g)),
-            }) => match g.envelope {
-                None => Ok(None),
-                Some(env) => {
-                    let limits = DecodeLimits {
-                        max_value_len: self.inner.validator.policy().max_value_len,
-                    };
-                    env.into_envelope(&limits)
-                        .map_err(dht_core::Rejection::from)
-                        .and_then(|e| {
-                            let exp = e.expires_at_ms.unwrap_or(0);
-                            self.inner
-                                .validator
-                                .validate_for(&target, e.item)
-                                .map(|v| (v, exp))
-                        })
-                        .map(|(v, exp)| {
-                            Some(Found {
-                                item: v.into_item(),
-                                expires_at_ms: exp,
-                                from: Some(peer),
-                            })
-                        })
-                        .map_err(|r| Answer::Invalid(r.code()))
-                }
-            },
-            Ok(other) => Err(Answer::Failed(format!(
-                "unexpected response {:?}",
-                other.kind.map(|_| "other")
-            ))),
-        };
-        (peer, result)
-    }
-
-    async fn get_first(&self, target: Target) -> Result<GetReport, NodeError> {
-        let mut report = GetReport {
-            target,
-            lookup: Lookup::Unreachable,
-            asked: 0,
-            answered: 0,
-            invalid: Vec::new(),
-            repairing: Vec::new(),
-        };
-        if let Some(found) = self.local_copy(target).await? {
-            report.lookup = lookup_of(found);
-            return Ok(report);
-        }
-        let k = self.inner.config.replication;
-        let mut asked: HashSet<PeerId> = HashSet::new();
-        let mut pending = FuturesUnordered::new();
-        for p in self
-            .inner
-            .shared
-            .view
-            .closest(&target, self.inner.config.parallelism)
-        {
-            asked.insert(p);
-            pending.push(self.ask(p, target));
-        }
-        // Hedged: the lookup starts only if the closest known peers have not answered
-        // with the item within `get_hedge_delay` (or all missed), so a read that the
-        // routing table already resolves costs alpha requests, not a whole lookup.
-        let hedge = tokio::time::sleep(self.inner.config.get_hedge_delay);
-        tokio::pin!(hedge);
-        let mut hedged = false;
-        let lookup = futures::future::OptionFuture::from(None);
-        tokio::pin!(lookup);
-        let mut lookup_done = false;
-        loop {
-            if !hedged && (hedge.is_elapsed() || pending.is_empty()) {
-                hedged = true;
-                lookup.set(Some(self.lookup(target)).into());
-            }
-            tokio::select! {
-                _ = &mut hedge, if !hedged => {}
-                Some((peer, answer)) = pending.next(), if !pending.is_empty() => {
-                    match answer {
-                        Ok(Some(found)) => {
-                            report.answered += 1;
-                            report.asked = asked.len();
-                            report.lookup = lookup_of(found);
-                            return Ok(report);
-                        }
-                        Ok(None) => report.answered += 1,
-                        Err(Answer::Invalid(code)) => {
-                            report.answered += 1;
-                            report.invalid.push((peer, code));
-                        }
-                        Err(Answer::Failed(_)) => {}
-                    }
-                }
-                Some(peers) = &mut lookup, if hedged && !lookup_done => {
-                    lookup_done = true;
-                    let key = crate::routing::target_key(&target);
-                    let found: Vec<PeerId> = peers.unwrap_or_default().into_iter().map(|(p, _)| p).collect();
-                    for p in crate::routing::closest_of(&key, found.into_iter(), k) {
-                        if p != self.inner.peer_id && asked.insert(p) {
-                            pending.push(self.ask(p, target));
-                        }
-                    }
-                }
-                else => break,
-            }
-        }
-        report.asked = asked.len();
-        report.lookup = if report.answered > 0 {
-            Lookup::NotFound
-        } else {
-            Lookup::Unreachable
-        };
-        Ok(report)
-    }
-
-    async fn get_quorum(&self, target: Target, quorum: usize) -> Result<GetReport, NodeError> {
-        let peers = self.replicas_for(target).await;
-        let need = if quorum == 0 {
-            peers.len() / 2 + 1
-        } else {
-            quorum
-        }
-        .min(peers.len().max(1));
-        let mut report = GetReport {
-            target,
-            lookup: Lookup::Unreachable,
-            asked: peers.len(),
-            answered: 0,
-            invalid: Vec::new(),
-            repairing: Vec::new(),
-        };
-        let mut copies: Vec<(Option<PeerId>, Option<Found>)> = Vec::new();
-        if self.responsible_store(&target).is_some() {
-            copies.push((None, self.local_copy(target).await?));
-        }
-        let mut pending: FuturesUnordered<_> = peers.iter().map(|&p| self.ask(p, target)).collect();
-        while let Some((peer, answer)) = pending.next().await {
-            match answer {
-                Ok(found) => {
-                    report.answered += 1;
-                    copies.push((Some(peer), found));
-                }
-                Err(Answer::Invalid(code)) => {
-                    report.answered += 1;
-                    report.invalid.push((peer, code));
-                    copies.push((Some(peer), None));
-                }
-                Err(Answer::Failed(_)) => {}
-            }
-            if report.answered >= need {
-                break;
-            }
-        }
-        let best = copies
-            .iter()
-            .filter_map(|(_, f)| f.as_ref())
-            .max_by(|a, b| better(a, b))
-            .cloned();
-        match best {
-            Some(best) => {
-                // Read repair: every answering copy that is older or missing gets the best.
-                let stale: Vec<Option<PeerId>> = copies
-                    .iter()
-                    .filter(|(_, f)| f.as_ref().is_none_or(|f| f.item.seq < best.item.seq))
-                    .map(|(p, _)| *p)
-                    .collect();
-                report.repairing = stale.iter().flatten().copied().collect();
-                if !stale.is_empty() {
-                    self.spawn_repair(stale, best.clone());
-                }
-                report.lookup = lookup_of(best);
-            }
-            None if report.answered > 0 || !copies.is_empty() => report.lookup = Lookup::NotFound,
-            None => report.lookup = Lookup::Unreachable,
-        }
-        Ok(report)
-    }
-
-    fn spawn_repair(&self, targets: Vec<Option<PeerId>>, best: Found) {
-        let node = self.clone();
-        tokio::spawn(async move {
-            let opts = PutOptions {
-                cas: None,
-                expires_at_ms: Some(best.expires_at_ms).filter(|t| *t > 0),
-            };
-            let remote: Vec<PeerId> = targets.iter().flatten().copied().collect();
-            if targets.contains(&None) {
-                if let (Some(store), Ok(v)) = (
-                    node.store(),
-                    node.inner.validator.validate(best.item.clone()),
-                ) {
-                    let _ = tokio::task::spawn_blocking(move || store.put(v, opts)).await;
-                }
-            }
-            let outcomes = node.put_to(&remote, &best.item, opts).await;
-            debug!(
-                repaired = outcomes
-                    .iter()
-                    .filter(|o| matches!(o.result, ReplicaResult::Stored(_)))
-                    .count(),
-                "read repair"
-            );
-        });
     }
 
     /// Saves the routing table to the data directory (if any).
@@ -920,44 +608,10 @@ impl Node {
     }
 }
 
-/// Why a peer's answer to a get did not count.
-enum Answer {
-    /// The copy failed validation.
-    Invalid(ReasonCode),
-    /// No usable answer.
-    Failed(#[allow(dead_code)] String),
-}
-
-fn lookup_of(found: Found) -> Lookup {
-    if found.item.is_tombstone() {
-        Lookup::Deleted(found)
-    } else {
-        Lookup::Found(found)
-    }
-}
-
-/// Orders copies: higher seq wins; at the same seq a tombstone wins, then the smaller
-/// signature (a deterministic choice between equivocating copies).
-fn better(a: &Found, b: &Found) -> std::cmp::Ordering {
-    a.item
-        .seq
-        .cmp(&b.item.seq)
-        .then(a.item.is_tombstone().cmp(&b.item.is_tombstone()))
-        .then_with(|| b.item.signature.as_bytes().cmp(a.item.signature.as_bytes()))
-}
-
 fn first_put_result(r: ResponseProto) -> ReplicaResult {
     match r.kind {
         Some(response_proto::Kind::Put(p)) => match p.results.into_iter().next() {
-            Some(res) => match res.outcome {
-                1 => ReplicaResult::Stored(Admission::Insert),
-                2 => ReplicaResult::Stored(Admission::Replace { previous_seq: 0 }),
-                3 => ReplicaResult::Stored(Admission::Refresh),
-                _ => ReplicaResult::Rejected {
-                    code: ReasonCode::from_tag(res.reason).unwrap_or(ReasonCode::Malformed),
-                    detail: res.detail,
-                },
-            },
+            Some(res) => crate::protocol::replica_result(res),
             None => ReplicaResult::Failed("empty put response".into()),
         },
         Some(response_proto::Kind::Error(e)) => {

@@ -9,7 +9,7 @@ use std::io;
 
 use bytes::Bytes;
 use dht_core::wire::{DecodeLimits, EnvelopeProto, ItemProto};
-use dht_core::{Cas, MutableItem, PutOptions, ReasonCode, Target};
+use dht_core::{Admission, Cas, MutableItem, PutOptions, ReasonCode, Target};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use prost::Message;
@@ -120,7 +120,8 @@ pub mod response_proto {
 /// The outcome of one put item.
 #[derive(Clone, PartialEq, Message)]
 pub struct PutResultProto {
-    /// 1 inserted, 2 replaced, 3 refreshed, 0 rejected.
+    /// 1 inserted, 2 replaced, 3 refreshed, 4 superseded (a different item at the same
+    /// seq lost to this one in the total order), 0 rejected.
     #[prost(uint32, tag = "1")]
     pub outcome: u32,
     /// [`ReasonCode::tag`] when rejected.
@@ -129,6 +130,9 @@ pub struct PutResultProto {
     /// Human-readable detail.
     #[prost(string, tag = "3")]
     pub detail: String,
+    /// The seq replaced (outcome 2) or superseded (outcome 4).
+    #[prost(uint64, tag = "4")]
+    pub previous_seq: u64,
 }
 
 /// Outcome per item, in request order.
@@ -159,6 +163,10 @@ pub struct SyncResponseProto {
     /// Nothing more after this page.
     #[prost(bool, tag = "3")]
     pub done: bool,
+    /// The responder's store epoch: cursors are only meaningful within one epoch (a
+    /// store created anew starts a new one).
+    #[prost(uint64, tag = "4")]
+    pub epoch: u64,
 }
 
 /// A refused request.
@@ -233,6 +241,42 @@ pub fn rejected(reason: ReasonCode, detail: String) -> PutResultProto {
         outcome: 0,
         reason: reason.tag(),
         detail,
+        previous_seq: 0,
+    }
+}
+
+/// The wire form of an accepted put.
+pub fn accepted(admission: Admission) -> PutResultProto {
+    let (outcome, previous_seq) = match admission {
+        Admission::Insert => (1, 0),
+        Admission::Replace { previous_seq } => (2, previous_seq),
+        Admission::Refresh => (3, 0),
+        Admission::Supersede { seq } => (4, seq),
+    };
+    PutResultProto {
+        outcome,
+        reason: 0,
+        detail: String::new(),
+        previous_seq,
+    }
+}
+
+/// What a replica did, from its put result.
+pub fn replica_result(res: PutResultProto) -> crate::report::ReplicaResult {
+    use crate::report::ReplicaResult;
+    match res.outcome {
+        1 => ReplicaResult::Stored(Admission::Insert),
+        2 => ReplicaResult::Stored(Admission::Replace {
+            previous_seq: res.previous_seq,
+        }),
+        3 => ReplicaResult::Stored(Admission::Refresh),
+        4 => ReplicaResult::Stored(Admission::Supersede {
+            seq: res.previous_seq,
+        }),
+        _ => ReplicaResult::Rejected {
+            code: ReasonCode::from_tag(res.reason).unwrap_or(ReasonCode::Malformed),
+            detail: res.detail,
+        },
     }
 }
 

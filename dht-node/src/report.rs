@@ -30,17 +30,33 @@ pub struct ReplicaOutcome {
 }
 
 /// The report of a put: which peers stored the item, which rejected it and why, which
-/// did not answer.
+/// did not answer, and whether a majority of the nodes responsible for the target hold
+/// it. The majority is always counted over the whole responsible set, never over the
+/// peers that happened to answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PutReport {
     /// Target of the item.
     pub target: Target,
     /// Seq of the item.
     pub seq: u64,
-    /// What this node's own store did (None for client nodes).
+    /// This node.
+    pub node: PeerId,
+    /// What this node's own store did (None when it is not a responsible full node).
     pub local: Option<ReplicaResult>,
-    /// Each remote replica asked.
+    /// Each peer that answered (responsible replicas and stand-ins).
     pub replicas: Vec<ReplicaOutcome>,
+    /// The `k` nodes responsible for the target as far as this node knew, nearest first
+    /// (this node included when it is one of them).
+    pub responsible: Vec<PeerId>,
+    /// Responsible replicas that were down (suspected or dead, so not asked) or did not
+    /// answer.
+    pub unreachable: Vec<PeerId>,
+    /// Live peers outside the responsible set that took the item in place of unreachable
+    /// replicas; they hand it back when the replica returns.
+    pub stand_ins: Vec<PeerId>,
+    /// Peers asked that had not answered when the put returned; the put goes on in the
+    /// background (see the `dht_puts_returned_early` metric).
+    pub pending: Vec<PeerId>,
 }
 
 impl PutReport {
@@ -73,9 +89,23 @@ impl PutReport {
             .collect()
     }
 
-    /// Whether a majority of the replicas asked stored the item.
+    /// How many of the responsible nodes (this one included) hold the item.
+    pub fn responsible_stored(&self) -> usize {
+        let remote = self
+            .replicas
+            .iter()
+            .filter(|r| {
+                matches!(r.result, ReplicaResult::Stored(_)) && self.responsible.contains(&r.peer)
+            })
+            .count();
+        let local = matches!(self.local, Some(ReplicaResult::Stored(_)))
+            && self.responsible.contains(&self.node);
+        remote + usize::from(local)
+    }
+
+    /// Whether a majority of the responsible set holds the item (stand-ins do not count).
     pub fn majority_stored(&self) -> bool {
-        !self.replicas.is_empty() && self.stored_on().len() * 2 > self.replicas.len()
+        !self.responsible.is_empty() && self.responsible_stored() * 2 > self.responsible.len()
     }
 
     /// JSON form for tools.
@@ -89,10 +119,17 @@ impl PutReport {
             }
             ReplicaResult::Failed(e) => serde_json::json!({"result": "failed", "detail": e}),
         };
+        let ids = |v: &[PeerId]| v.iter().map(|p| p.to_string()).collect::<Vec<_>>();
         serde_json::json!({
             "target": self.target.to_string(),
             "seq": self.seq,
             "local": self.local.as_ref().map(result),
+            "majority": self.majority_stored(),
+            "responsible": self.responsible.len(),
+            "responsible_stored": self.responsible_stored(),
+            "unreachable": ids(&self.unreachable),
+            "stand_ins": ids(&self.stand_ins),
+            "pending": ids(&self.pending),
             "stored": self.stored_on().len(),
             "rejected": self.rejected_by().len(),
             "failed": self.failed().len(),
@@ -111,6 +148,7 @@ pub fn admission_name(a: Admission) -> &'static str {
         Admission::Insert => "inserted",
         Admission::Replace { .. } => "replaced",
         Admission::Refresh => "refreshed",
+        Admission::Supersede { .. } => "superseded",
     }
 }
 

@@ -3,7 +3,6 @@
 //! saved routing table.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::path::Path;
 
 use dht_core::Target;
@@ -57,13 +56,14 @@ impl RoutingView {
     }
 
     /// The `k` nodes responsible for `target` as far as this node knows: the `k` closest
-    /// among the routing table, `local` and `extra` (e.g. a peer asking to sync).
+    /// among the routing table, `local` and `extra` (e.g. a peer asking to sync, or
+    /// peers that just left when computing who held an item before).
     pub fn responsible(
         &self,
         target: &Target,
         k: usize,
         local: PeerId,
-        extra: Option<PeerId>,
+        extra: &[PeerId],
     ) -> Vec<PeerId> {
         let key = target_key(target);
         let peers = self.peers.read();
@@ -71,7 +71,7 @@ impl RoutingView {
             .keys()
             .copied()
             .chain(std::iter::once(local))
-            .chain(extra);
+            .chain(extra.iter().copied());
         closest_of(&key, all, k)
     }
 }
@@ -111,15 +111,6 @@ pub fn is_dialable(addr: &Multiaddr) -> bool {
         Protocol::Ip4(ip) => !ip.is_unspecified(),
         Protocol::Ip6(ip) => !ip.is_unspecified(),
         _ => true,
-    })
-}
-
-/// The IP of an address, if any.
-pub fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
-    addr.iter().find_map(|p| match p {
-        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
-        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
-        _ => None,
     })
 }
 
@@ -194,9 +185,9 @@ mod tests {
         view.replace(peers);
         let local = PeerId::random();
         let t = Target([7; 32]);
-        let r = view.responsible(&t, 20, local, None);
+        let r = view.responsible(&t, 20, local, &[]);
         assert_eq!(r.len(), 20);
-        let all = view.responsible(&t, 100, local, None);
+        let all = view.responsible(&t, 100, local, &[]);
         assert_eq!(all.len(), 31);
         assert!(all.contains(&local));
         // Sorted by distance.

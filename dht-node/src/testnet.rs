@@ -92,6 +92,42 @@ impl Testnet {
         }
     }
 
+    /// Cuts the network in two: every node of `side_a` refuses every node of `side_b`
+    /// and the other way round (connections close, dials are denied), as a real
+    /// partition does.
+    pub async fn partition(&self, side_a: &[usize], side_b: &[usize]) -> Result<(), NodeError> {
+        for &a in side_a {
+            for &b in side_b {
+                self.nodes[a].block_peer(self.nodes[b].peer_id()).await?;
+                self.nodes[b].block_peer(self.nodes[a].peer_id()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Heals a [`Testnet::partition`].
+    pub async fn heal(&self, side_a: &[usize], side_b: &[usize]) -> Result<(), NodeError> {
+        for &a in side_a {
+            for &b in side_b {
+                self.nodes[a].unblock_peer(self.nodes[b].peer_id()).await?;
+                self.nodes[b].unblock_peer(self.nodes[a].peer_id()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every full node finished its start-up catch-up (or the timeout).
+    pub async fn wait_for_catch_up(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.nodes.iter().all(Node::caught_up) {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
+    }
+
     /// Stops every node.
     pub async fn shutdown(&self) {
         for n in &self.nodes {
@@ -172,6 +208,7 @@ impl TestnetBuilder {
         let want = (self.size.saturating_sub(1)).min(template.replication);
         net.wait_for_routing(want, Duration::from_secs(10 + self.size as u64 / 5))
             .await;
+        net.wait_for_catch_up(Duration::from_secs(10)).await;
         Ok(net)
     }
 }

@@ -13,6 +13,7 @@
 pub mod adapters;
 pub mod formats;
 pub mod gateway;
+mod laggards;
 pub mod memory;
 pub mod mirror;
 pub mod plugin;

@@ -1,18 +1,24 @@
 //! The publishing side shared by every discovery adapter: sign a key's FULL value (or a
-//! tombstone) with the discovery's mirror key, put it, learn from the put report whether
-//! replicas stored it, retry with backoff when they did not.
+//! tombstone) with the discovery's mirror key, put it, and learn from the put report
+//! whether a majority of the responsible replicas stored it. The caller is answered as
+//! soon as that majority holds; replicas that were down or slow are brought up to date
+//! from a background queue ([`crate::laggards`]). Only a put that found no majority is
+//! retried inline, and an item this node itself refuses (a value over the limit) never.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use dht_core::{MutableItem, PublicKey, ReasonCode, SigningKey};
-use dht_node::{Node, ReplicaResult};
+use dht_node::{Node, NodeError, ReplicaResult};
 use futures::StreamExt;
 use parking_lot::Mutex;
 use serde::Serialize;
 use tracing::{debug, instrument, warn};
+
+use crate::laggards::Laggards;
 
 /// Sequence numbers that keep increasing across restarts and across several replicas of
 /// a discovery service: microseconds of wall-clock time, and never less than one above
@@ -42,7 +48,7 @@ impl SeqClock {
     }
 }
 
-/// Retries of a mirror publish that no replica stored.
+/// Inline retries of a mirror publish that no majority of the replicas stored.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
     /// Attempts in all.
@@ -84,9 +90,12 @@ pub struct KeyOutcome {
     pub rejected: Vec<String>,
     /// Replicas that did not answer.
     pub failed: usize,
+    /// Responsible replicas that were down or did not answer (they get the item from the
+    /// background queue or by hand-off when they return).
+    pub unreachable: usize,
     /// Attempts made.
     pub attempts: u32,
-    /// Whether a majority of the replicas asked stored it.
+    /// Whether a majority of the responsible replicas stored it.
     pub ok: bool,
 }
 
@@ -100,21 +109,42 @@ pub struct Mirror {
     /// Subjects this mirror holds a live value for (for anti-entropy).
     live: Mutex<HashSet<PublicKey>>,
     concurrency: usize,
+    laggards: Arc<Laggards>,
 }
 
 impl Mirror {
     /// A mirror publishing under `salt`, signing with `key` (which the network's full
     /// nodes list as an authorized publisher for that salt).
+    ///
+    /// With a data directory, the queue of keys waiting for laggard replicas is saved
+    /// there (`mirror-queue-<salt hex>.json`) and resumed at the next start.
     pub fn new(node: Node, key: SigningKey, salt: impl Into<Bytes>) -> Self {
+        let salt = salt.into();
+        let path = node
+            .config()
+            .data_dir
+            .as_ref()
+            .map(|d| d.join(format!("mirror-queue-{}.json", hex::encode(&salt))));
+        let laggards = Arc::new(Laggards::load(
+            path,
+            node.validator().policy().max_value_len,
+        ));
+        laggards.ensure_worker(&node);
         Mirror {
             node,
             key,
-            salt: salt.into(),
+            salt,
             seq: SeqClock::default(),
             retry: RetryPolicy::default(),
             live: Mutex::new(HashSet::new()),
             concurrency: 32,
+            laggards,
         }
+    }
+
+    /// Keys waiting in the background queue for laggard replicas.
+    pub fn laggards(&self) -> usize {
+        self.laggards.len()
     }
 
     /// Sets the retry policy.
@@ -179,23 +209,34 @@ impl Mirror {
                 stored: 0,
                 rejected: Vec::new(),
                 failed: 0,
+                unreachable: 0,
                 attempts: attempt,
                 ok: false,
             };
             let mut superseded = false;
-            match self.node.put(item).await {
+            let mut refused_here = false;
+            match self.node.put(item.clone()).await {
                 Ok(report) => {
                     outcome.stored = report.stored_on().len()
                         + usize::from(matches!(report.local, Some(ReplicaResult::Stored(_))));
                     outcome.failed = report.failed().len();
+                    outcome.unreachable = report.unreachable.len();
                     for (peer, code) in report.rejected_by() {
                         superseded |= matches!(code, ReasonCode::Stale | ReasonCode::Equivocation);
                         outcome.rejected.push(format!("{peer}: {code}"));
                     }
-                    // A majority of the replicas asked must hold it (a network of one
-                    // node: the node itself).
-                    let asked = report.replicas.len() + usize::from(report.local.is_some());
-                    outcome.ok = outcome.stored * 2 > asked;
+                    outcome.ok = report.majority_stored();
+                    let laggards = !report.unreachable.is_empty() || !report.pending.is_empty();
+                    if outcome.ok && laggards && !superseded {
+                        self.laggards.push(&self.node, item);
+                    } else if outcome.ok {
+                        self.laggards.settled(&item);
+                    }
+                }
+                Err(NodeError::Rejected(r)) => {
+                    // This node's own rules refuse it: no replica would take it either.
+                    refused_here = true;
+                    outcome.rejected.push(format!("local: {}: {r}", r.code()));
                 }
                 Err(e) => {
                     warn!(error = %e, "mirror publish failed");
@@ -209,15 +250,15 @@ impl Mirror {
                     MirrorAction::Delete => live.remove(&subject),
                 };
             }
-            // Retry while replicas did not answer (a replica left behind would serve the
-            // old list); a newer value from another replica of the discovery is not worth
-            // retrying.
-            let complete = outcome.ok && outcome.failed == 0;
-            if complete || superseded || attempt >= self.retry.attempts {
+            // Retry inline only while no majority holds it; laggards behind a majority
+            // are the background queue's, and a newer value from another replica of the
+            // discovery is not worth retrying.
+            if outcome.ok || superseded || refused_here || attempt >= self.retry.attempts {
                 debug!(
                     ok = outcome.ok,
                     attempts = attempt,
                     stored = outcome.stored,
+                    unreachable = outcome.unreachable,
                     "mirrored"
                 );
                 return outcome;

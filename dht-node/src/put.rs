@@ -1,0 +1,296 @@
+//! The put query. The item goes at once to the responsible set as the routing table knows
+//! it (stand-ins replacing replicas that are down) while a lookup confirms the set; the
+//! put returns as soon as a majority of the responsible set holds the item and the
+//! stragglers had a grace as long as the majority took (never a timeout's worth). What is
+//! still in flight then finishes in the background.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use dht_core::{MutableItem, PutOptions, Target};
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use libp2p::PeerId;
+use tracing::{debug, instrument};
+
+use crate::config::NodeMode;
+use crate::events::NodeEvent;
+use crate::network::PeerList;
+use crate::node::Node;
+use crate::placement::Placement;
+use crate::report::{PutReport, ReplicaOutcome, ReplicaResult};
+use crate::NodeError;
+
+/// Shortest wait for stragglers once a majority stored.
+const MIN_STRAGGLER_GRACE: Duration = Duration::from_millis(20);
+
+/// One put in progress.
+struct PutQuery {
+    node: Node,
+    target: Target,
+    item: MutableItem,
+    opts: PutOptions,
+    known: HashSet<PeerId>,
+    placement: Placement,
+    asked: HashSet<PeerId>,
+    pending: FuturesUnordered<BoxFuture<'static, (PeerId, ReplicaResult)>>,
+    lookup: Option<BoxFuture<'static, Result<PeerList, NodeError>>>,
+    outcomes: Vec<ReplicaOutcome>,
+    local: Option<ReplicaResult>,
+}
+
+impl PutQuery {
+    fn replan(&mut self) {
+        let node = &self.node;
+        let me = node.peer_id();
+        let full = node.config().mode == NodeMode::Full;
+        let liveness = &node.inner.shared.liveness;
+        self.placement = Placement::of(
+            &self.target,
+            self.known.iter().copied().chain(full.then_some(me)),
+            node.config().replication,
+            me,
+            |p| liveness.is_down(p),
+        );
+        for peer in self.placement.to_ask(me) {
+            if self.asked.insert(peer) {
+                let node = self.node.clone();
+                let item = self.item.clone();
+                let opts = self.opts;
+                self.pending.push(
+                    async move { (peer, node.send_item_to(peer, &item, opts).await) }.boxed(),
+                );
+            }
+        }
+    }
+
+    fn has_majority(&self) -> bool {
+        self.report().majority_stored()
+    }
+
+    fn finished(&self) -> bool {
+        self.pending.is_empty() && self.lookup.is_none()
+    }
+
+    /// Waits for the next answer or the lookup's result.
+    async fn step(&mut self) {
+        enum Event {
+            Answer(PeerId, ReplicaResult),
+            Lookup(Result<PeerList, NodeError>),
+            Idle,
+        }
+        let event = {
+            let pending = &mut self.pending;
+            let lookup = &mut self.lookup;
+            tokio::select! {
+                Some((peer, result)) = pending.next(), if !pending.is_empty() => {
+                    Event::Answer(peer, result)
+                }
+                found = async {
+                    match lookup.as_mut() {
+                        Some(f) => f.await,
+                        None => std::future::pending().await,
+                    }
+                }, if lookup.is_some() => Event::Lookup(found),
+                else => Event::Idle,
+            }
+        };
+        match event {
+            Event::Answer(peer, result) => self.outcomes.push(ReplicaOutcome { peer, result }),
+            Event::Lookup(found) => {
+                self.lookup = None;
+                match found {
+                    Ok(peers) => {
+                        let me = self.node.peer_id();
+                        self.known
+                            .extend(peers.into_iter().map(|(p, _)| p).filter(|p| *p != me));
+                        self.replan();
+                    }
+                    Err(e) => debug!(error = %e, "lookup failed; the routing table's set stands"),
+                }
+            }
+            Event::Idle => {}
+        }
+    }
+
+    fn report(&self) -> PutReport {
+        let answered: HashSet<PeerId> = self.outcomes.iter().map(|o| o.peer).collect();
+        let failed: HashSet<PeerId> = self
+            .outcomes
+            .iter()
+            .filter(|o| matches!(o.result, ReplicaResult::Failed(_)))
+            .map(|o| o.peer)
+            .collect();
+        let mut unreachable = self.placement.unreachable.clone();
+        unreachable.extend(
+            self.placement
+                .responsible
+                .iter()
+                .filter(|p| failed.contains(p))
+                .copied(),
+        );
+        PutReport {
+            target: self.target,
+            seq: self.item.seq,
+            node: self.node.peer_id(),
+            local: self.local.clone(),
+            replicas: self.outcomes.clone(),
+            responsible: self.placement.responsible.clone(),
+            unreachable,
+            stand_ins: self.placement.stand_ins.clone(),
+            pending: self
+                .asked
+                .iter()
+                .filter(|p| !answered.contains(p))
+                .copied()
+                .collect(),
+        }
+    }
+}
+
+impl Node {
+    /// Publishes an item with default options.
+    pub async fn put(&self, item: MutableItem) -> Result<PutReport, NodeError> {
+        self.put_with(item, PutOptions::default()).await
+    }
+
+    /// Publishes an item: validates it, stores it locally (when this node is one of the
+    /// responsible full nodes) and on the other responsible replicas, and reports what
+    /// each did. Returns once a majority of the responsible set holds it (or every
+    /// replica answered); see [`PutReport`].
+    #[instrument(skip_all, fields(target = %item.target(), seq = item.seq))]
+    pub async fn put_with(
+        &self,
+        item: MutableItem,
+        opts: PutOptions,
+    ) -> Result<PutReport, NodeError> {
+        let verified = self
+            .inner
+            .validator
+            .validate(item)
+            .map_err(NodeError::Rejected)?;
+        let target = verified.target();
+        let item = verified.item().clone();
+        let local = match self.responsible_store(&target) {
+            Some(_) => Some(self.store_locally(verified, opts).await?),
+            None => None,
+        };
+        let me = self.peer_id();
+        let started = Instant::now();
+        let lookup = {
+            let node = self.clone();
+            async move { node.lookup(target).await }.boxed()
+        };
+        let mut query = PutQuery {
+            node: self.clone(),
+            target,
+            item,
+            opts,
+            known: self
+                .inner
+                .shared
+                .view
+                .snapshot()
+                .into_keys()
+                .filter(|p| *p != me)
+                .collect(),
+            placement: Placement::default(),
+            asked: HashSet::new(),
+            pending: FuturesUnordered::new(),
+            lookup: Some(lookup),
+            outcomes: Vec::new(),
+            local,
+        };
+        query.replan();
+        let k = self.config().replication;
+        let mut majority_at: Option<Instant> = None;
+        while !query.finished() {
+            let deadline = majority_at.map(|at| {
+                let grace = at.duration_since(started).max(MIN_STRAGGLER_GRACE);
+                // A responsible set smaller than k may only mean the routing table is
+                // young: give the lookup longer to find the rest.
+                let grace = if query.placement.responsible.len() < k && query.lookup.is_some() {
+                    grace.max(self.config().put_lookup_grace)
+                } else {
+                    grace
+                };
+                tokio::time::Instant::from_std(at + grace)
+            });
+            match deadline {
+                Some(d) => {
+                    tokio::select! {
+                        _ = query.step() => {}
+                        _ = tokio::time::sleep_until(d) => break,
+                    }
+                }
+                None => query.step().await,
+            }
+            if majority_at.is_none() && query.has_majority() {
+                majority_at = Some(Instant::now());
+            }
+        }
+        let report = query.report();
+        if !report.majority_stored() {
+            self.metrics().puts_without_majority.inc();
+        }
+        if !query.finished() {
+            self.metrics().puts_returned_early.inc();
+            tokio::spawn(async move {
+                while !query.finished() {
+                    query.step().await;
+                }
+                let late = query.report();
+                debug!(
+                    stored = late.stored_on().len(),
+                    failed = late.failed().len(),
+                    "put finished in the background"
+                );
+            });
+        }
+        debug!(
+            stored = report.stored_on().len(),
+            responsible_stored = report.responsible_stored(),
+            responsible = report.responsible.len(),
+            unreachable = report.unreachable.len(),
+            pending = report.pending.len(),
+            "put returned"
+        );
+        Ok(report)
+    }
+
+    /// Stores a verified item in the local store and says what happened.
+    pub(crate) async fn store_locally(
+        &self,
+        verified: dht_core::VerifiedItem,
+        opts: PutOptions,
+    ) -> Result<ReplicaResult, NodeError> {
+        let Some(store) = self.store() else {
+            return Err(NodeError::Shutdown);
+        };
+        let target = verified.target();
+        let item = verified.item().clone();
+        let r = tokio::task::spawn_blocking(move || store.put(verified, opts))
+            .await
+            .map_err(|e| NodeError::Task(e.to_string()))?;
+        Ok(match r {
+            Ok(a) => {
+                let _ = self.inner.shared.events.send(NodeEvent::ItemStored {
+                    target,
+                    seq: item.seq,
+                    tombstone: item.is_tombstone(),
+                });
+                self.metrics().count_put(&item.salt, Ok(a));
+                ReplicaResult::Stored(a)
+            }
+            Err(dht_core::StoreError::Rejected(r)) => {
+                self.metrics().count_put(&item.salt, Err(r.code()));
+                ReplicaResult::Rejected {
+                    code: r.code(),
+                    detail: r.to_string(),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        })
+    }
+}
