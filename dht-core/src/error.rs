@@ -228,6 +228,12 @@ pub enum DecodeError {
     /// Valid protobuf, invalid fields.
     #[error("invalid field: {0}")]
     Field(String),
+    /// An item without a signed expiry: signed under the v1 rules (expiry not covered
+    /// by the signature), which are no longer accepted.
+    #[error(
+        "item has no signed expiry (expires_at_ms is 0 or absent): a v1 item, no longer accepted"
+    )]
+    MissingExpiry,
 }
 
 impl From<DecodeError> for Rejection {
@@ -255,6 +261,21 @@ pub enum StoreError {
     /// A stored record could not be decoded (corruption).
     #[error("corrupt stored record: {0}")]
     Corrupt(#[from] DecodeError),
+    /// The on-disk store was written in another format (by another version).
+    #[error(
+        "store {} has on-disk format {}, this version needs format {expected}: \
+         the format changed; move the file aside (its items come back from the network)",
+        path.display(),
+        found.map_or_else(|| "1 (unversioned)".to_owned(), |v| v.to_string())
+    )]
+    IncompatibleFormat {
+        /// The database file.
+        path: std::path::PathBuf,
+        /// The format version found (`None`: the unversioned format 1).
+        found: Option<u64>,
+        /// The format version this build reads and writes.
+        expected: u64,
+    },
     /// The store was closed.
     #[error("store is closed")]
     Closed,

@@ -124,6 +124,7 @@ fn a_signature_made_the_go_dht_way_is_rejected() {
                 subject: owner.public_key(),
                 salt: Bytes::from(salt.clone()),
                 seq,
+                expires_at_ms: dht_core::now_ms() + 60_000,
                 body: ItemBody::Value(Bytes::from(value.clone())),
                 signer: signer.public_key(),
                 signature: sig,
@@ -143,6 +144,9 @@ fn a_signature_made_the_go_dht_way_is_rejected() {
 // ---------------------------------------------------------------------------------------
 // (c) Skywire-format secp256k1
 // ---------------------------------------------------------------------------------------
+
+/// A signed expiry far in the future (unix ms, year 2100).
+const SIGNED_EXPIRY: u64 = 4_102_444_800_000;
 
 /// Signs exactly as Skywire's `cipher.SignPayload`: SHA256 of the payload, recoverable
 /// ECDSA, compact R || S then the recovery id byte.
@@ -172,6 +176,7 @@ fn items_signed_the_way_skywire_signs_verify() {
         subject,
         salt: Bytes::from_static(b"svc"),
         seq: 1,
+        expires_at_ms: SIGNED_EXPIRY,
         body: ItemBody::Value(Bytes::from_static(b"[]")),
         signer: subject,
         signature: Signature::Secp256k1([0; 65]),
@@ -187,7 +192,14 @@ fn items_signed_the_way_skywire_signs_verify() {
     assert_eq!(ok.item(), &item);
     // Our own signer produces the identical (deterministic, low-S) bytes.
     assert_eq!(
-        MutableItem::sign(&SigningKey::Secp256k1(sk), subject, "svc", 1, &b"[]"[..]),
+        MutableItem::sign_until(
+            &SigningKey::Secp256k1(sk),
+            subject,
+            "svc",
+            1,
+            &b"[]"[..],
+            SIGNED_EXPIRY
+        ),
         item
     );
 
