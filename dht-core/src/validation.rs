@@ -187,8 +187,9 @@ impl Validator {
         self.validate(item)
     }
 
-    /// The wall-clock expiry of an item put now: the requested expiry (an item arriving
-    /// from a replica keeps the deadline its publisher gave it), capped at `now + ttl`.
+    /// The wall-clock expiry of an item put now: the requested deadline (an item arriving
+    /// from a replica keeps at most the deadline that replica gave it), capped at
+    /// `now + ttl`. It ignores the item's signed expiry.
     /// See [`Validator::deadline_for`] for the deadline a store gives an item.
     pub fn expiry_for(&self, requested_ms: Option<u64>, now_ms: u64) -> Result<u64, Rejection> {
         let cap = now_ms.saturating_add(self.policy.ttl.as_millis() as u64);
