@@ -51,7 +51,8 @@ pub enum ReasonCode {
     Unauthorized,
     /// A newer item is already stored.
     Stale,
-    /// A different item with the same seq is already stored.
+    /// A different item with the same seq, which wins [`crate::precedence`], is already
+    /// stored.
     Equivocation,
     /// Compare-and-swap failed: the stored seq is not the expected one.
     CasMismatch,
@@ -163,7 +164,7 @@ pub enum Rejection {
         /// Seq already stored.
         stored: u64,
     },
-    /// Different content at the stored seq.
+    /// A different item at the stored seq, which wins [`crate::precedence`] over this one.
     #[error("a different item with seq {seq} is already stored")]
     Equivocation {
         /// The seq both items claim.
@@ -177,7 +178,8 @@ pub enum Rejection {
         /// The seq actually stored (None: nothing stored).
         stored: Option<u64>,
     },
-    /// The item's expiry lies in the past.
+    /// The item's expiry (its signed one, or the deadline requested for it) lies in the
+    /// past.
     #[error("item expired at {expires_at_ms} ms (now {now_ms} ms)")]
     Expired {
         /// The expiry, unix milliseconds.
