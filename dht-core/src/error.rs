@@ -51,7 +51,8 @@ pub enum ReasonCode {
     Unauthorized,
     /// A newer item is already stored.
     Stale,
-    /// A different item with the same seq is already stored.
+    /// A different item with the same seq, which wins [`crate::precedence`], is already
+    /// stored.
     Equivocation,
     /// Compare-and-swap failed: the stored seq is not the expected one.
     CasMismatch,
@@ -163,7 +164,7 @@ pub enum Rejection {
         /// Seq already stored.
         stored: u64,
     },
-    /// Different content at the stored seq.
+    /// A different item at the stored seq, which wins [`crate::precedence`] over this one.
     #[error("a different item with seq {seq} is already stored")]
     Equivocation {
         /// The seq both items claim.
@@ -177,7 +178,8 @@ pub enum Rejection {
         /// The seq actually stored (None: nothing stored).
         stored: Option<u64>,
     },
-    /// The item's expiry lies in the past.
+    /// The item's expiry (its signed one, or the deadline requested for it) lies in the
+    /// past.
     #[error("item expired at {expires_at_ms} ms (now {now_ms} ms)")]
     Expired {
         /// The expiry, unix milliseconds.
@@ -228,6 +230,12 @@ pub enum DecodeError {
     /// Valid protobuf, invalid fields.
     #[error("invalid field: {0}")]
     Field(String),
+    /// An item without a signed expiry: signed under the v1 rules (expiry not covered
+    /// by the signature), which are no longer accepted.
+    #[error(
+        "item has no signed expiry (expires_at_ms is 0 or absent): a v1 item, no longer accepted"
+    )]
+    MissingExpiry,
 }
 
 impl From<DecodeError> for Rejection {
@@ -255,6 +263,21 @@ pub enum StoreError {
     /// A stored record could not be decoded (corruption).
     #[error("corrupt stored record: {0}")]
     Corrupt(#[from] DecodeError),
+    /// The on-disk store was written in another format (by another version).
+    #[error(
+        "store {} has on-disk format {}, this version needs format {expected}: \
+         the format changed; move the file aside (its items come back from the network)",
+        path.display(),
+        found.map_or_else(|| "1 (unversioned)".to_owned(), |v| v.to_string())
+    )]
+    IncompatibleFormat {
+        /// The database file.
+        path: std::path::PathBuf,
+        /// The format version found (`None`: the unversioned format 1).
+        found: Option<u64>,
+        /// The format version this build reads and writes.
+        expected: u64,
+    },
     /// The store was closed.
     #[error("store is closed")]
     Closed,

@@ -1,5 +1,5 @@
 //! The salted MutableItem: a signed, versioned value stored at
-//! `target = SHA256(subject || salt)`.
+//! `target = SHA256(subject || salt)`, with an expiry its publisher signed.
 
 use std::fmt;
 use std::str::FromStr;
@@ -8,6 +8,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use crate::keys::{PublicKey, Signature, SigningKey};
+use crate::validation::{now_ms, DEFAULT_TTL};
 
 /// Maximum salt length in bytes (as in BEP44).
 pub const MAX_SALT_LEN: usize = 64;
@@ -21,7 +22,11 @@ pub const SALT_DMSG: &[u8] = b"dmsg";
 
 /// Domain separator prefixed to every signed payload, so that item signatures can never
 /// be confused with signatures the same key makes for anything else.
-pub const SIGNING_DOMAIN: &[u8] = b"skywire-dht/mutable-item/v1\0";
+///
+/// Version 2 binds the publisher's expiry (see [`signing_payload`]). Items signed under
+/// v1 (`skywire-dht/mutable-item/v1\0`, no signed expiry) are no longer accepted: their
+/// signatures do not verify, and their encodings lack the expiry field.
+pub const SIGNING_DOMAIN: &[u8] = b"skywire-dht/mutable-item/v2\0";
 
 /// A 32-byte DHT key: `SHA256(subject || salt)`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -122,14 +127,21 @@ impl fmt::Debug for ItemBody {
 ///
 /// Construct one with [`MutableItem::sign`] (or [`MutableItem::tombstone`]); items
 /// received from elsewhere are checked with [`crate::Validator::validate`].
+///
+/// The expiry is the publisher's: it is signed, so no replica or third party can extend
+/// an item's life by re-posting it. To keep an item alive the publisher signs it again
+/// with a higher seq and a later expiry.
 #[derive(Clone, PartialEq, Eq)]
 pub struct MutableItem {
     /// The key the item is about.
     pub subject: PublicKey,
     /// The namespace, at most [`MAX_SALT_LEN`] bytes.
     pub salt: Bytes,
-    /// Version, strictly ordered per target.
+    /// Version, ordered per target (see [`crate::precedence`]).
     pub seq: u64,
+    /// The publisher's expiry, unix milliseconds, covered by the signature. No store
+    /// keeps or serves the item past it.
+    pub expires_at_ms: u64,
     /// A value or a tombstone.
     pub body: ItemBody,
     /// Who signed: the subject itself or an authorized publisher for the salt.
@@ -139,7 +151,8 @@ pub struct MutableItem {
 }
 
 impl MutableItem {
-    /// Signs a value for `subject` under `salt` at `seq` with `key`.
+    /// Signs a value for `subject` under `salt` at `seq` with `key`, expiring
+    /// [`DEFAULT_TTL`] from now.
     pub fn sign(
         key: &SigningKey,
         subject: PublicKey,
@@ -147,26 +160,60 @@ impl MutableItem {
         seq: u64,
         value: impl Into<Bytes>,
     ) -> Self {
-        Self::sign_body(
+        Self::sign_until(key, subject, salt, seq, value, default_expiry())
+    }
+
+    /// Signs a value for `subject` under `salt` at `seq`, expiring at `expires_at_ms`
+    /// (unix ms).
+    pub fn sign_until(
+        key: &SigningKey,
+        subject: PublicKey,
+        salt: impl Into<Bytes>,
+        seq: u64,
+        value: impl Into<Bytes>,
+        expires_at_ms: u64,
+    ) -> Self {
+        Self::sign_body_until(
             key,
             subject,
             salt.into(),
             seq,
             ItemBody::Value(value.into()),
+            expires_at_ms,
         )
     }
 
-    /// Signs a tombstone (a delete) for `subject` under `salt` at `seq`.
+    /// Signs a tombstone (a delete) for `subject` under `salt` at `seq`, expiring
+    /// [`DEFAULT_TTL`] from now.
     pub fn tombstone(
         key: &SigningKey,
         subject: PublicKey,
         salt: impl Into<Bytes>,
         seq: u64,
     ) -> Self {
-        Self::sign_body(key, subject, salt.into(), seq, ItemBody::Tombstone)
+        Self::tombstone_until(key, subject, salt, seq, default_expiry())
     }
 
-    /// Signs any body.
+    /// Signs a tombstone for `subject` under `salt` at `seq`, expiring at
+    /// `expires_at_ms` (unix ms).
+    pub fn tombstone_until(
+        key: &SigningKey,
+        subject: PublicKey,
+        salt: impl Into<Bytes>,
+        seq: u64,
+        expires_at_ms: u64,
+    ) -> Self {
+        Self::sign_body_until(
+            key,
+            subject,
+            salt.into(),
+            seq,
+            ItemBody::Tombstone,
+            expires_at_ms,
+        )
+    }
+
+    /// Signs any body, expiring [`DEFAULT_TTL`] from now.
     pub fn sign_body(
         key: &SigningKey,
         subject: PublicKey,
@@ -174,11 +221,24 @@ impl MutableItem {
         seq: u64,
         body: ItemBody,
     ) -> Self {
-        let payload = signing_payload(&subject, &salt, seq, &body);
+        Self::sign_body_until(key, subject, salt, seq, body, default_expiry())
+    }
+
+    /// Signs any body, expiring at `expires_at_ms` (unix ms).
+    pub fn sign_body_until(
+        key: &SigningKey,
+        subject: PublicKey,
+        salt: Bytes,
+        seq: u64,
+        body: ItemBody,
+        expires_at_ms: u64,
+    ) -> Self {
+        let payload = signing_payload(&subject, &salt, seq, expires_at_ms, &body);
         MutableItem {
             subject,
             salt,
             seq,
+            expires_at_ms,
             body,
             signer: key.public_key(),
             signature: key.sign(&payload),
@@ -192,7 +252,13 @@ impl MutableItem {
 
     /// The bytes the signature covers (see [`signing_payload`]).
     pub fn signing_payload(&self) -> Vec<u8> {
-        signing_payload(&self.subject, &self.salt, self.seq, &self.body)
+        signing_payload(
+            &self.subject,
+            &self.salt,
+            self.seq,
+            self.expires_at_ms,
+            &self.body,
+        )
     }
 
     /// The value, or `None` for a tombstone.
@@ -208,8 +274,8 @@ impl MutableItem {
         self.body.is_tombstone()
     }
 
-    /// Whether two items carry the same signed content (subject, salt, seq, kind, value),
-    /// regardless of who signed or how.
+    /// Whether two items carry the same content (subject, salt, seq, kind, value),
+    /// regardless of expiry, of who signed or how.
     pub fn same_content(&self, other: &MutableItem) -> bool {
         self.subject == other.subject
             && self.salt == other.salt
@@ -217,11 +283,17 @@ impl MutableItem {
             && self.body == other.body
     }
 
+    /// Whether two items have the same signing payload (content and expiry), regardless
+    /// of who signed or how.
+    pub fn same_signed_bytes(&self, other: &MutableItem) -> bool {
+        self.same_content(other) && self.expires_at_ms == other.expires_at_ms
+    }
+
     /// Approximate bytes this item occupies in a store (for quotas).
     pub fn stored_size(&self) -> usize {
         self.subject.as_bytes().len()
             + self.salt.len()
-            + 8
+            + 16
             + self.body.value_bytes().len()
             + self.signer.as_bytes().len()
             + self.signature.as_bytes().len()
@@ -234,6 +306,7 @@ impl fmt::Debug for MutableItem {
             .field("subject", &self.subject)
             .field("salt", &String::from_utf8_lossy(&self.salt))
             .field("seq", &self.seq)
+            .field("expires_at_ms", &self.expires_at_ms)
             .field("body", &self.body)
             .field("signer", &self.signer)
             .finish()
@@ -248,16 +321,24 @@ impl fmt::Debug for MutableItem {
 /// || scheme(subject): u8 || len(subject): u8 || subject
 /// || len(salt): u8 || salt
 /// || seq: u64 big-endian
+/// || expires_at_ms: u64 big-endian
 /// || kind: u8 (0 value, 1 tombstone)
 /// || len(value): u64 big-endian || value
 /// ```
 ///
 /// Because the subject is inside, an item signed for one subject never verifies under
-/// another (the replay the Go DHT allows).
-pub fn signing_payload(subject: &PublicKey, salt: &[u8], seq: u64, body: &ItemBody) -> Vec<u8> {
+/// another (the replay the Go DHT allows); because the expiry is inside, nobody but the
+/// publisher can change how long the item lives.
+pub fn signing_payload(
+    subject: &PublicKey,
+    salt: &[u8],
+    seq: u64,
+    expires_at_ms: u64,
+    body: &ItemBody,
+) -> Vec<u8> {
     let value = body.value_bytes();
     let mut p =
-        Vec::with_capacity(SIGNING_DOMAIN.len() + 2 + 33 + 1 + salt.len() + 17 + value.len());
+        Vec::with_capacity(SIGNING_DOMAIN.len() + 2 + 33 + 1 + salt.len() + 25 + value.len());
     p.extend_from_slice(SIGNING_DOMAIN);
     p.push(subject.scheme().tag() as u8);
     p.push(subject.as_bytes().len() as u8);
@@ -267,10 +348,16 @@ pub fn signing_payload(subject: &PublicKey, salt: &[u8], seq: u64, body: &ItemBo
     p.push(u8::try_from(salt.len()).unwrap_or(u8::MAX));
     p.extend_from_slice(salt);
     p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&expires_at_ms.to_be_bytes());
     p.push(body.kind_tag());
     p.extend_from_slice(&(value.len() as u64).to_be_bytes());
     p.extend_from_slice(value);
     p
+}
+
+/// The expiry the constructors without an explicit one sign: [`DEFAULT_TTL`] from now.
+fn default_expiry() -> u64 {
+    now_ms().saturating_add(DEFAULT_TTL.as_millis() as u64)
 }
 
 #[cfg(test)]
@@ -294,19 +381,51 @@ mod tests {
         let a = SigningKey::generate_ed25519().public_key();
         let b = SigningKey::generate_ed25519().public_key();
         let v = ItemBody::Value(Bytes::from_static(b"v"));
-        let base = signing_payload(&a, b"tp", 1, &v);
-        assert_ne!(base, signing_payload(&b, b"tp", 1, &v));
-        assert_ne!(base, signing_payload(&a, b"svc", 1, &v));
-        assert_ne!(base, signing_payload(&a, b"tp", 2, &v));
-        assert_ne!(base, signing_payload(&a, b"tp", 1, &ItemBody::Tombstone));
+        let base = signing_payload(&a, b"tp", 1, 9, &v);
+        assert!(base.starts_with(b"skywire-dht/mutable-item/v2\0"));
+        assert_ne!(base, signing_payload(&b, b"tp", 1, 9, &v));
+        assert_ne!(base, signing_payload(&a, b"svc", 1, 9, &v));
+        assert_ne!(base, signing_payload(&a, b"tp", 2, 9, &v));
+        assert_ne!(base, signing_payload(&a, b"tp", 1, 10, &v));
+        assert_ne!(base, signing_payload(&a, b"tp", 1, 9, &ItemBody::Tombstone));
         assert_ne!(
             base,
-            signing_payload(&a, b"tp", 1, &ItemBody::Value(Bytes::from_static(b"w")))
+            signing_payload(&a, b"tp", 1, 9, &ItemBody::Value(Bytes::from_static(b"w")))
         );
         // An empty value and a tombstone differ too.
         assert_ne!(
-            signing_payload(&a, b"tp", 1, &ItemBody::Value(Bytes::new())),
-            signing_payload(&a, b"tp", 1, &ItemBody::Tombstone)
+            signing_payload(&a, b"tp", 1, 9, &ItemBody::Value(Bytes::new())),
+            signing_payload(&a, b"tp", 1, 9, &ItemBody::Tombstone)
         );
+    }
+
+    #[test]
+    fn the_expiry_follows_the_seq_big_endian() {
+        let a = SigningKey::generate_ed25519().public_key();
+        let p = signing_payload(&a, b"tp", 7, 0x0102_0304_0506_0708, &ItemBody::Tombstone);
+        let at = SIGNING_DOMAIN.len() + 2 + a.as_bytes().len() + 1 + 2;
+        assert_eq!(&p[at..at + 8], &7u64.to_be_bytes());
+        assert_eq!(&p[at + 8..at + 16], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(p[at + 16], 1, "then the kind");
+    }
+
+    #[test]
+    fn changing_the_expiry_breaks_the_signature() {
+        let key = SigningKey::generate_secp256k1();
+        let item = MutableItem::sign_until(&key, key.public_key(), "tp", 1, "v", 1_000);
+        assert_eq!(item.expires_at_ms, 1_000);
+        key.public_key()
+            .verify(&item.signing_payload(), &item.signature)
+            .unwrap();
+        let later = MutableItem {
+            expires_at_ms: 2_000,
+            ..item.clone()
+        };
+        assert!(!later.same_signed_bytes(&item));
+        assert!(later.same_content(&item));
+        assert!(key
+            .public_key()
+            .verify(&later.signing_payload(), &later.signature)
+            .is_err());
     }
 }

@@ -7,6 +7,7 @@
 //!   "salt": "tp",                    // UTF-8 salts as text ...
 //!   "salt_hex": "ff00",              // ... any other salt as hex, instead of "salt"
 //!   "seq": 5,
+//!   "expires_at_ms": 1700000000000,  // the publisher's signed expiry, unix ms (required)
 //!   "kind": "value",                 // or "tombstone"
 //!   "value": "<base64, standard alphabet, padded>",   // absent for a tombstone
 //!   "signer": "<64 or 66 hex>",
@@ -52,6 +53,8 @@ pub struct ItemJson {
     pub salt_hex: Option<String>,
     /// Sequence number.
     pub seq: u64,
+    /// The publisher's signed expiry, unix ms (required, not 0).
+    pub expires_at_ms: u64,
     /// Value or tombstone.
     pub kind: KindJson,
     /// Base64 value (absent for tombstones).
@@ -75,6 +78,7 @@ impl From<&MutableItem> for ItemJson {
             salt,
             salt_hex,
             seq: item.seq,
+            expires_at_ms: item.expires_at_ms,
             kind: if item.is_tombstone() {
                 KindJson::Tombstone
             } else {
@@ -94,6 +98,9 @@ impl TryFrom<ItemJson> for MutableItem {
 
     fn try_from(j: ItemJson) -> Result<Self, Self::Error> {
         let bad = |m: String| DecodeError::Field(m);
+        if j.expires_at_ms == 0 {
+            return Err(DecodeError::MissingExpiry);
+        }
         let salt = match (j.salt, j.salt_hex) {
             (Some(s), None) => Bytes::from(s.into_bytes()),
             (None, Some(h)) => {
@@ -126,6 +133,7 @@ impl TryFrom<ItemJson> for MutableItem {
             subject: j.subject,
             salt,
             seq: j.seq,
+            expires_at_ms: j.expires_at_ms,
             body,
             signer: j.signer,
             signature,
@@ -169,6 +177,22 @@ mod tests {
         }
         let text = to_json(&MutableItem::sign(&key, key.public_key(), "tp", 1, "[]"));
         assert!(text.contains("\"salt\":\"tp\""), "{text}");
+        let until = MutableItem::sign_until(&key, key.public_key(), "tp", 1, "[]", 77);
+        let text = to_json(&until);
+        assert!(text.contains("\"expires_at_ms\":77"), "{text}");
+        assert_eq!(from_json(&text).unwrap(), until);
+    }
+
+    #[test]
+    fn the_signed_expiry_is_required() {
+        let key = SigningKey::generate_ed25519();
+        let item = MutableItem::sign(&key, key.public_key(), "tp", 1, "[]");
+        let mut j: serde_json::Value = serde_json::from_str(&to_json(&item)).unwrap();
+        j.as_object_mut().unwrap().remove("expires_at_ms");
+        let err = from_json(&j.to_string()).unwrap_err();
+        assert!(err.to_string().contains("expires_at_ms"), "{err}");
+        j["expires_at_ms"] = 0.into();
+        assert_eq!(from_json(&j.to_string()), Err(DecodeError::MissingExpiry));
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! # dht-core
 //!
 //! The data model of the Skywire DHT: the salted [`MutableItem`] (a signed, versioned
-//! value stored at `target = SHA256(subject || salt)`), the [rules](validation) every
-//! path applies to it, its [wire](wire) and [JSON](json) encodings, and the
-//! [record stores](store) (in memory, and on disk with redb).
+//! value stored at `target = SHA256(subject || salt)`, with a signed expiry), the
+//! [rules](validation) every path applies to it (one total order, [`precedence`]), its
+//! [wire](wire) and [JSON](json) encodings, and the [record stores](store) (in memory,
+//! and on disk with redb).
 //!
 //! ```
 //! use dht_core::{MutableItem, SigningKey, Validator, store::{MemoryStore, RecordStore}};
@@ -30,5 +31,6 @@ pub use item::{
 };
 pub use keys::{PublicKey, Scheme, Signature, SigningKey};
 pub use validation::{
-    admit, now_ms, Admission, Cas, Policy, PutOptions, StoredItem, Validator, VerifiedItem,
+    admit, now_ms, precedence, Admission, Cas, Policy, PutOptions, StoredItem, Validator,
+    VerifiedItem,
 };

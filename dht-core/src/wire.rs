@@ -3,6 +3,9 @@
 //! Decoding checks the input length against the configured limit before parsing, so
 //! hostile bytes can neither panic the decoder nor make it allocate more than the limit
 //! (prost only allocates for length-delimited fields that fit in the input).
+//!
+//! Version 2: an item carries its signed expiry (field 10, required); items without it
+//! (v1, whose expiry was not signed) are refused with [`DecodeError::MissingExpiry`].
 
 use bytes::Bytes;
 use prost::Message;
@@ -15,8 +18,8 @@ use crate::validation::DEFAULT_MAX_VALUE_LEN;
 /// Room for everything in an encoded item besides the value.
 pub const ITEM_OVERHEAD: usize = 512;
 
-/// Current envelope version.
-pub const ENVELOPE_VERSION: u32 = 1;
+/// Current envelope version (2: items carry a signed expiry).
+pub const ENVELOPE_VERSION: u32 = 2;
 
 /// A MutableItem on the wire.
 #[derive(Clone, PartialEq, Message)]
@@ -48,6 +51,9 @@ pub struct ItemProto {
     /// Raw signature.
     #[prost(bytes = "bytes", tag = "9")]
     pub signature: Bytes,
+    /// The publisher's signed expiry, unix ms (required: 0 is refused).
+    #[prost(uint64, tag = "10")]
+    pub expires_at_ms: u64,
 }
 
 /// An item with the metadata that travels with it; room for future fields.
@@ -59,17 +65,19 @@ pub struct EnvelopeProto {
     /// The item.
     #[prost(message, optional, tag = "2")]
     pub item: Option<ItemProto>,
-    /// Wall-clock expiry the item carries (unix ms, 0 = none given).
+    /// The sending replica's deadline for the item (unix ms, 0 = none given); never
+    /// later than the item's signed expiry.
     #[prost(uint64, tag = "3")]
     pub expires_at_ms: u64,
 }
 
-/// An item and its expiry, as carried by an [`EnvelopeProto`].
+/// An item and a replica's deadline for it, as carried by an [`EnvelopeProto`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
     /// The item.
     pub item: MutableItem,
-    /// Wall-clock expiry, if given.
+    /// The replica's deadline, if given; at most the item's signed expiry (a later one
+    /// is lowered to it on encoding and decoding).
     pub expires_at_ms: Option<u64>,
 }
 
@@ -118,13 +126,18 @@ impl From<&MutableItem> for ItemProto {
             signer_scheme: item.signer.scheme().tag(),
             signer: Bytes::copy_from_slice(item.signer.as_bytes()),
             signature: Bytes::copy_from_slice(item.signature.as_bytes()),
+            expires_at_ms: item.expires_at_ms,
         }
     }
 }
 
 impl ItemProto {
-    /// Converts to an item, checking every field's shape and the limits.
+    /// Converts to an item, checking every field's shape and the limits. An item
+    /// without a signed expiry is [`DecodeError::MissingExpiry`].
     pub fn into_item(self, limits: &DecodeLimits) -> Result<MutableItem, DecodeError> {
+        if self.expires_at_ms == 0 {
+            return Err(DecodeError::MissingExpiry);
+        }
         let field = |what: &str, e: crate::KeyError| DecodeError::Field(format!("{what}: {e}"));
         let subject_scheme =
             Scheme::from_tag(self.subject_scheme).map_err(|e| field("subject", e))?;
@@ -157,6 +170,7 @@ impl ItemProto {
             subject,
             salt: self.salt,
             seq: self.seq,
+            expires_at_ms: self.expires_at_ms,
             body,
             signer,
             signature,
@@ -177,9 +191,11 @@ impl EnvelopeProto {
             .item
             .ok_or_else(|| DecodeError::Field("envelope without item".into()))?
             .into_item(limits)?;
+        let expires_at_ms =
+            (self.expires_at_ms != 0).then(|| self.expires_at_ms.min(item.expires_at_ms));
         Ok(Envelope {
             item,
-            expires_at_ms: (self.expires_at_ms != 0).then_some(self.expires_at_ms),
+            expires_at_ms,
         })
     }
 }
@@ -197,12 +213,13 @@ pub fn decode_item(bytes: &[u8], limits: &DecodeLimits) -> Result<MutableItem, D
         .into_item(limits)
 }
 
-/// Encodes an item with its expiry.
+/// Encodes an item with a replica's deadline for it (lowered to the item's signed
+/// expiry if later).
 pub fn encode_envelope(item: &MutableItem, expires_at_ms: Option<u64>) -> Vec<u8> {
     EnvelopeProto {
         version: ENVELOPE_VERSION,
         item: Some(ItemProto::from(item)),
-        expires_at_ms: expires_at_ms.unwrap_or(0),
+        expires_at_ms: expires_at_ms.map_or(0, |t| t.min(item.expires_at_ms)),
     }
     .encode_to_vec()
 }
@@ -230,6 +247,47 @@ mod tests {
         let env = decode_envelope(&encode_envelope(&tomb, Some(42)), &limits).unwrap();
         assert_eq!(env.item, tomb);
         assert_eq!(env.expires_at_ms, Some(42));
+        // The signed expiry travels; a replica deadline past it is lowered to it.
+        let until = MutableItem::sign_until(&key, key.public_key(), "tp", 9, "v", 1_234);
+        let decoded = decode_item(&encode_item(&until), &limits).unwrap();
+        assert_eq!(decoded.expires_at_ms, 1_234);
+        let env = decode_envelope(&encode_envelope(&until, Some(5_000)), &limits).unwrap();
+        assert_eq!(env.expires_at_ms, Some(1_234));
+        let mut proto = EnvelopeProto::decode(&encode_envelope(&until, None)[..]).unwrap();
+        proto.expires_at_ms = 9_999;
+        let env = decode_envelope(&proto.encode_to_vec(), &limits).unwrap();
+        assert_eq!(env.expires_at_ms, Some(1_234));
+    }
+
+    #[test]
+    fn an_item_without_a_signed_expiry_is_refused() {
+        let key = SigningKey::generate_ed25519();
+        let item = MutableItem::sign(&key, key.public_key(), "tp", 1, "v");
+        let mut proto = ItemProto::from(&item);
+        proto.expires_at_ms = 0;
+        let limits = DecodeLimits::default();
+        let err = decode_item(&proto.encode_to_vec(), &limits).unwrap_err();
+        assert_eq!(err, DecodeError::MissingExpiry);
+        assert!(err.to_string().contains("expir"), "{err}");
+        let env = EnvelopeProto {
+            version: ENVELOPE_VERSION,
+            item: Some(proto),
+            expires_at_ms: 0,
+        };
+        assert_eq!(
+            decode_envelope(&env.encode_to_vec(), &limits),
+            Err(DecodeError::MissingExpiry)
+        );
+        // A version 1 envelope is refused outright.
+        let v1 = EnvelopeProto {
+            version: 1,
+            item: Some(ItemProto::from(&item)),
+            expires_at_ms: 0,
+        };
+        assert!(matches!(
+            decode_envelope(&v1.encode_to_vec(), &limits),
+            Err(DecodeError::Field(_))
+        ));
     }
 
     #[test]

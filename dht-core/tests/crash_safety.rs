@@ -38,23 +38,35 @@ fn config() -> StoreConfig {
     }
 }
 
+/// The signed expiry of every item (unix ms, year 2100): fixed, so that parent and
+/// child sign identical items.
+const SIGNED_EXPIRY: u64 = 4_102_444_800_000;
+
 /// The item with id `id`: its own salt, a seq and a value derived from the id.
 fn item(id: u64) -> MutableItem {
     let k = key();
     let len = 64 + (id as usize * 37) % 2000;
     let value: Vec<u8> = (0..len).map(|i| (id as usize + i) as u8).collect();
-    MutableItem::sign(&k, k.public_key(), format!("item-{id}"), id * 3 + 1, value)
+    MutableItem::sign_until(
+        &k,
+        k.public_key(),
+        format!("item-{id}"),
+        id * 3 + 1,
+        value,
+        SIGNED_EXPIRY,
+    )
 }
 
 /// The item a thread overwrites again and again at one target.
 fn counter(thread: u64, seq: u64) -> MutableItem {
     let k = key();
-    MutableItem::sign(
+    MutableItem::sign_until(
         &k,
         k.public_key(),
         format!("counter-{thread}"),
         seq,
         seq.to_be_bytes().to_vec(),
+        SIGNED_EXPIRY,
     )
 }
 

@@ -1,5 +1,6 @@
 //! The rules as user stories: cross-subject replay, Go-DHT-style signatures,
-//! Skywire-format secp256k1 signatures, authorization, sizes, and deletes end to end.
+//! Skywire-format secp256k1 signatures, authorization, sizes, deletes end to end,
+//! partitions that heal, and expiry that only the publisher controls.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -124,6 +125,7 @@ fn a_signature_made_the_go_dht_way_is_rejected() {
                 subject: owner.public_key(),
                 salt: Bytes::from(salt.clone()),
                 seq,
+                expires_at_ms: dht_core::now_ms() + 60_000,
                 body: ItemBody::Value(Bytes::from(value.clone())),
                 signer: signer.public_key(),
                 signature: sig,
@@ -143,6 +145,9 @@ fn a_signature_made_the_go_dht_way_is_rejected() {
 // ---------------------------------------------------------------------------------------
 // (c) Skywire-format secp256k1
 // ---------------------------------------------------------------------------------------
+
+/// A signed expiry far in the future (unix ms, year 2100).
+const SIGNED_EXPIRY: u64 = 4_102_444_800_000;
 
 /// Signs exactly as Skywire's `cipher.SignPayload`: SHA256 of the payload, recoverable
 /// ECDSA, compact R || S then the recovery id byte.
@@ -172,6 +177,7 @@ fn items_signed_the_way_skywire_signs_verify() {
         subject,
         salt: Bytes::from_static(b"svc"),
         seq: 1,
+        expires_at_ms: SIGNED_EXPIRY,
         body: ItemBody::Value(Bytes::from_static(b"[]")),
         signer: subject,
         signature: Signature::Secp256k1([0; 65]),
@@ -187,7 +193,14 @@ fn items_signed_the_way_skywire_signs_verify() {
     assert_eq!(ok.item(), &item);
     // Our own signer produces the identical (deterministic, low-S) bytes.
     assert_eq!(
-        MutableItem::sign(&SigningKey::Secp256k1(sk), subject, "svc", 1, &b"[]"[..]),
+        MutableItem::sign_until(
+            &SigningKey::Secp256k1(sk),
+            subject,
+            "svc",
+            1,
+            &b"[]"[..],
+            SIGNED_EXPIRY
+        ),
         item
     );
 
@@ -631,4 +644,132 @@ fn a_delete_propagates_and_the_old_value_cannot_come_back() {
         Err(ReasonCode::Expired)
     );
     assert_eq!(b.store.get(&target).unwrap(), None);
+}
+
+// ---------------------------------------------------------------------------------------
+// (g) a partition heals: conflicting items at one seq converge
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn replicas_split_by_a_partition_converge_on_one_item() {
+    let clock = Arc::new(AtomicU64::new(T0));
+    let validator = Validator::new(Policy {
+        ttl: TTL,
+        ..Policy::default()
+    });
+    let config = || {
+        let c = clock.clone();
+        StoreConfig {
+            validator: validator.clone(),
+            clock: Arc::new(move || c.load(Ordering::SeqCst)),
+            ..StoreConfig::default()
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node {
+        validator: validator.clone(),
+        store: MemoryStore::new(config()),
+    };
+    let b = Node {
+        validator: validator.clone(),
+        store: RedbStore::open(dir.path().join("b.redb"), config()).unwrap(),
+    };
+    let visor = SigningKey::generate_secp256k1();
+    let pk = visor.public_key();
+    let target = Target::of(&pk, b"dmsg");
+    let until = T0 + 600_000;
+
+    // During the partition the visor (restored from an old backup, say) publishes a
+    // value at seq 4 on A's side and deletes at seq 4 on B's side.
+    let value = MutableItem::sign_until(&visor, pk, "dmsg", 4, &b"{}"[..], until);
+    let tomb = MutableItem::tombstone_until(&visor, pk, "dmsg", 4, until);
+    assert_eq!(
+        a.receive(&target, &encode_envelope(&value, None)),
+        Ok(Admission::Insert)
+    );
+    assert_eq!(
+        b.receive(&target, &encode_envelope(&tomb, None)),
+        Ok(Admission::Insert)
+    );
+    // The partition heals and they sync both ways: the tombstone wins everywhere.
+    assert_eq!(
+        a.receive(&target, &b.send(&target)),
+        Ok(Admission::Supersede { seq: 4 })
+    );
+    assert_eq!(
+        b.receive(&target, &a.send(&target)),
+        Ok(Admission::Refresh),
+        "A already holds B's item"
+    );
+    let old_value = encode_envelope(&value, None);
+    assert_eq!(
+        b.receive(&target, &old_value),
+        Err(ReasonCode::Equivocation),
+        "the loser stays visible as an equivocation"
+    );
+    for n in [&a.store as &dyn RecordStore, &b.store] {
+        let got = n.get(&target).unwrap().unwrap();
+        assert_eq!(got.item, tomb);
+        assert_eq!(got.expires_at_ms, until);
+    }
+    assert_eq!(
+        dht_core::precedence(&tomb, &value),
+        std::cmp::Ordering::Greater
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// (h) expiry belongs to the publisher
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn nobody_but_the_publisher_keeps_an_entry_alive() {
+    let clock = Arc::new(AtomicU64::new(T0));
+    let validator = Validator::new(Policy {
+        ttl: TTL,
+        ..Policy::default()
+    });
+    let c = clock.clone();
+    let node = Node {
+        validator: validator.clone(),
+        store: MemoryStore::new(StoreConfig {
+            validator: validator.clone(),
+            clock: Arc::new(move || c.load(Ordering::SeqCst)),
+            ..StoreConfig::default()
+        }),
+    };
+    let visor = SigningKey::generate_ed25519();
+    let pk = visor.public_key();
+    let target = Target::of(&pk, b"dmsg");
+    let until = T0 + 60_000;
+    let entry = MutableItem::sign_until(&visor, pk, "dmsg", 1, &b"{}"[..], until);
+    let wire = encode_envelope(&entry, None);
+    assert_eq!(node.receive(&target, &wire), Ok(Admission::Insert));
+
+    // The visor goes offline; a third party keeps re-posting its last entry, even with
+    // a far replica deadline. Nothing moves the deadline the visor signed.
+    for t in [10_000, 30_000, 59_999] {
+        clock.store(T0 + t, Ordering::SeqCst);
+        assert_eq!(node.receive(&target, &wire), Ok(Admission::Refresh));
+        assert_eq!(
+            node.receive(&target, &encode_envelope(&entry, Some(u64::MAX))),
+            Ok(Admission::Refresh)
+        );
+        assert_eq!(
+            node.store.get(&target).unwrap().unwrap().expires_at_ms,
+            until
+        );
+    }
+    // Re-signing with a later expiry needs the visor's key.
+    let mut forged = entry.clone();
+    forged.expires_at_ms = until + TTL.as_millis() as u64;
+    assert_eq!(
+        node.receive(&target, &encode_envelope(&forged, None)),
+        Err(ReasonCode::BadSignature)
+    );
+    // At the signed expiry the entry is gone, and re-posting it is refused.
+    clock.store(until, Ordering::SeqCst);
+    assert_eq!(node.store.get(&target).unwrap(), None);
+    assert_eq!(node.receive(&target, &wire), Err(ReasonCode::Expired));
+    assert_eq!(node.store.get(&target).unwrap(), None);
 }

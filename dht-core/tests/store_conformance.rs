@@ -14,8 +14,8 @@ use dht_core::store::{
     StoreStats, PAGE_SIZE,
 };
 use dht_core::{
-    Admission, Cas, MutableItem, Policy, PutOptions, ReasonCode, Rejection, SigningKey, StoreError,
-    StoredItem, Target, Validator, VerifiedItem,
+    precedence, Admission, Cas, MutableItem, Policy, PutOptions, ReasonCode, Rejection, SigningKey,
+    StoreError, StoredItem, Target, Validator, VerifiedItem,
 };
 
 /// Start of the manual clock (unix ms).
@@ -261,7 +261,9 @@ fn check_higher_seq_replaces<S: RecordStore>(make: impl Fn(StoreConfig) -> S) {
     assert_eq!(stats(&store).items, 1);
 }
 
-fn check_same_seq_identical_refreshes_expiry<S: RecordStore>(make: impl Fn(StoreConfig) -> S) {
+fn check_same_seq_identical_refresh_keeps_the_deadline<S: RecordStore>(
+    make: impl Fn(StoreConfig) -> S,
+) {
     let (cfg, env) = setup();
     let store = make(cfg);
     let k = SigningKey::generate_ed25519();
@@ -272,65 +274,201 @@ fn check_same_seq_identical_refreshes_expiry<S: RecordStore>(make: impl Fn(Store
         .unwrap();
     assert_eq!(get(&store, &target).unwrap().expires_at_ms, T0 + TTL_MS);
     let before = stats(&store);
-    let first_change = changes(&store, 0)[0].change_seq;
+    let feed_before = changes(&store, 0);
+    assert_eq!(feed_before.len(), 1);
 
+    // Anyone re-posting the identical item, with no, the same, a later or an earlier
+    // requested deadline, changes nothing: not the deadline, not the change feed.
     env.clock.advance_ms(60_000);
+    for opts in [
+        PutOptions::default(),
+        opts_expiry(T0 + TTL_MS),
+        opts_expiry(env.clock.now() + TTL_MS),
+        opts_expiry(u64::MAX),
+        opts_expiry(env.clock.now() + 5_000),
+    ] {
+        assert_eq!(
+            code(store.put(env.verify(item.clone()), opts)),
+            Ok(Admission::Refresh)
+        );
+        let got = get(&store, &target).unwrap();
+        assert_eq!(got.item, item);
+        assert_eq!(got.expires_at_ms, T0 + TTL_MS, "a refresh never moves it");
+    }
+    assert_eq!(stats(&store), before, "a refresh adds nothing");
+    assert_eq!(changes(&store, 0), feed_before, "a refresh is not a change");
+
+    // So the item lapses at its first deadline although it was re-posted since.
+    env.clock.set(T0 + TTL_MS);
+    assert_eq!(get(&store, &target), None);
     assert_eq!(
         code(store.put(env.verify(item.clone()), PutOptions::default())),
-        Ok(Admission::Refresh)
-    );
-    let got = get(&store, &target).unwrap();
-    assert_eq!(got.item, item);
-    assert_eq!(got.expires_at_ms, T0 + 60_000 + TTL_MS, "expiry extends");
-    assert_eq!(stats(&store), before, "a refresh adds nothing");
-    // A refresh is a change (replicas learn the new deadline), listed once.
-    let ch = changes(&store, first_change);
-    assert_eq!(ch.len(), 1);
-    assert!(ch[0].change_seq > first_change);
-    assert_eq!(ch[0].stored.expires_at_ms, T0 + 60_000 + TTL_MS);
-    assert_eq!(changes(&store, 0).len(), 1);
-
-    // A refresh asking for an earlier deadline never shortens the stored one.
-    env.clock.advance_ms(1_000);
-    assert_eq!(
-        code(store.put(
-            env.verify(item.clone()),
-            opts_expiry(env.clock.now() + 5_000)
-        )),
-        Ok(Admission::Refresh)
+        Ok(Admission::Insert),
+        "an expired leftover counts as absent"
     );
     assert_eq!(
         get(&store, &target).unwrap().expires_at_ms,
-        T0 + 60_000 + TTL_MS
+        T0 + TTL_MS + TTL_MS
     );
 
-    // The item stays alive past its first deadline thanks to the refresh.
-    env.clock.set(T0 + TTL_MS + 1);
-    assert_eq!(get(&store, &target).unwrap().item, item);
+    // Only the publisher keeps an item alive: a new seq with a later signed expiry.
+    let until = T0 + TTL_MS + 90_000;
+    let republished = MutableItem::sign_until(&k, k.public_key(), "svc", 4, &b"v"[..], until);
+    assert_eq!(
+        code(store.put(env.verify(republished.clone()), PutOptions::default())),
+        Ok(Admission::Replace { previous_seq: 3 })
+    );
+    let got = get(&store, &target).unwrap();
+    assert_eq!(got.item, republished);
+    assert_eq!(
+        got.expires_at_ms, until,
+        "the signed expiry caps the deadline"
+    );
 }
 
-fn check_same_seq_different_value_is_equivocation<S: RecordStore>(make: impl Fn(StoreConfig) -> S) {
+fn check_signed_expiry_bounds_the_deadline<S: RecordStore>(make: impl Fn(StoreConfig) -> S) {
     let (cfg, env) = setup();
     let store = make(cfg);
     let k = SigningKey::generate_secp256k1();
     let pk = k.public_key();
+    // (salt, signed expiry, requested deadline, stored deadline)
+    let cases = [
+        ("signed", T0 + 10_000, None, T0 + 10_000),
+        (
+            "signed-below-requested",
+            T0 + 10_000,
+            Some(T0 + 20_000),
+            T0 + 10_000,
+        ),
+        (
+            "requested-below-signed",
+            T0 + 10_000,
+            Some(T0 + 5_000),
+            T0 + 5_000,
+        ),
+        ("ttl-below-signed", T0 + 10 * TTL_MS, None, T0 + TTL_MS),
+        ("one-ms", T0 + 1, Some(u64::MAX), T0 + 1),
+    ];
+    for (salt, until, requested, want) in cases {
+        let item = MutableItem::sign_until(&k, pk, salt, 1, &b"v"[..], until);
+        let opts = PutOptions {
+            cas: None,
+            expires_at_ms: requested,
+        };
+        assert_eq!(
+            code(store.put(env.verify(item.clone()), opts)),
+            Ok(Admission::Insert),
+            "{salt}"
+        );
+        let got = get(&store, &item.target()).unwrap();
+        assert_eq!(got.expires_at_ms, want, "{salt}");
+        assert!(got.expires_at_ms <= got.item.expires_at_ms);
+    }
+    let items = stats(&store).items;
+
+    // An item whose signed expiry passed is refused, whatever deadline is requested.
+    for until in [1, T0 - 1, T0] {
+        let item = MutableItem::sign_until(&k, pk, "late", 1, &b"v"[..], until);
+        for requested in [None, Some(T0 + 1_000), Some(u64::MAX)] {
+            let opts = PutOptions {
+                cas: None,
+                expires_at_ms: requested,
+            };
+            assert_eq!(
+                code(store.put(env.verify(item.clone()), opts)),
+                Err(ReasonCode::Expired),
+                "{until} {requested:?}"
+            );
+        }
+    }
+    // ... also in place of a stored item, and as an update of one.
+    let stored = MutableItem::sign_until(&k, pk, "signed", 2, &b"w"[..], T0);
+    assert_eq!(
+        code(store.put(env.verify(stored), PutOptions::default())),
+        Err(ReasonCode::Expired)
+    );
+    assert_eq!(stats(&store).items, items);
+    assert_eq!(
+        get(&store, &Target::of(&pk, b"signed")).unwrap().item.seq,
+        1
+    );
+
+    // At its signed expiry an item reads as absent, whatever the TTL.
+    env.clock.set(T0 + 10_000);
+    assert_eq!(get(&store, &Target::of(&pk, b"signed")), None);
+    assert!(get(&store, &Target::of(&pk, b"ttl-below-signed")).is_some());
+}
+
+fn check_same_seq_conflict_supersedes_or_is_equivocation<S: RecordStore>(
+    make: impl Fn(StoreConfig) -> S,
+) {
+    let k = SigningKey::generate_secp256k1();
+    let pk = k.public_key();
     let a = MutableItem::sign(&k, pk, "tp", 5, &b"a"[..]);
-    store
-        .put(env.verify(a.clone()), PutOptions::default())
-        .unwrap();
-    let before = stats(&store);
     for other in [
         MutableItem::sign(&k, pk, "tp", 5, &b"b"[..]),
         MutableItem::sign(&k, pk, "tp", 5, &b""[..]),
         MutableItem::tombstone(&k, pk, "tp", 5),
+        // Only the signed expiry differs.
+        MutableItem::sign_until(&k, pk, "tp", 5, &b"a"[..], a.expires_at_ms + 1),
     ] {
+        let other_wins = precedence(&other, &a) == std::cmp::Ordering::Greater;
         assert_eq!(
-            code(store.put(env.verify(other), PutOptions::default())),
-            Err(ReasonCode::Equivocation)
+            other_wins,
+            precedence(&a, &other) == std::cmp::Ordering::Less
         );
+        if other.is_tombstone() {
+            assert!(other_wins, "at equal seq a tombstone beats a value");
+        }
+        let (winner, loser) = if other_wins {
+            (&other, &a)
+        } else {
+            (&a, &other)
+        };
+        // Whichever arrives first, the store ends up holding the winner.
+        for (first, second) in [(&a, &other), (&other, &a)] {
+            let (cfg, env) = setup();
+            let store = make(cfg);
+            store
+                .put(env.verify(first.clone()), PutOptions::default())
+                .unwrap();
+            let before = stats(&store);
+            let first_change = changes(&store, 0)[0].change_seq;
+            env.clock.advance_ms(1_000);
+            let r = code(store.put(env.verify(second.clone()), PutOptions::default()));
+            if second == winner {
+                assert_eq!(r, Ok(Admission::Supersede { seq: 5 }));
+                // The winner replaced the stored item like a new seq does: indexes,
+                // counters, deadline and change feed.
+                let got = get(&store, &a.target()).unwrap();
+                assert_eq!(got.expires_at_ms, T0 + 1_000 + TTL_MS);
+                let feed = changes(&store, first_change);
+                assert_eq!(feed.len(), 1);
+                assert_eq!(&feed[0].stored.item, winner);
+                assert_eq!(changes(&store, 0).len(), 1);
+                let size = |i: &MutableItem| i.stored_size() as i64;
+                assert_eq!(
+                    stats(&store).bytes as i64,
+                    before.bytes as i64 - size(loser) + size(winner)
+                );
+            } else {
+                assert_eq!(r, Err(ReasonCode::Equivocation));
+                assert_eq!(stats(&store), before);
+                assert_eq!(get(&store, &a.target()).unwrap().expires_at_ms, T0 + TTL_MS);
+            }
+            assert_eq!(&get(&store, &a.target()).unwrap().item, winner);
+            assert_eq!(stats(&store).items, 1);
+            // The loser stays refused; the winner re-posted is a refresh.
+            assert_eq!(
+                code(store.put(env.verify(loser.clone()), PutOptions::default())),
+                Err(ReasonCode::Equivocation)
+            );
+            assert_eq!(
+                code(store.put(env.verify(winner.clone()), PutOptions::default())),
+                Ok(Admission::Refresh)
+            );
+        }
     }
-    assert_eq!(get(&store, &a.target()).unwrap().item, a);
-    assert_eq!(stats(&store), before);
 }
 
 fn check_lower_seq_is_stale<S: RecordStore>(make: impl Fn(StoreConfig) -> S) {
@@ -388,7 +526,15 @@ fn check_compare_and_swap<S: RecordStore>(make: impl Fn(StoreConfig) -> S) {
     );
     // A matching CAS does not bypass the ordering rule.
     assert_eq!(put(1, "a", Cas::Seq(2)), Err(ReasonCode::Stale));
-    assert_eq!(put(2, "z", Cas::Seq(2)), Err(ReasonCode::Equivocation));
+    // At equal seq with a matching CAS, the precedence rule decides.
+    let stored_b = get(&store, &target).unwrap().item;
+    let z = MutableItem::sign(&k, pk, "x", 2, &b"z"[..]);
+    let want = if precedence(&z, &stored_b) == std::cmp::Ordering::Greater {
+        Ok(Admission::Supersede { seq: 2 })
+    } else {
+        Err(ReasonCode::Equivocation)
+    };
+    assert_eq!(code(store.put(env.verify(z), opts_cas(Cas::Seq(2)))), want);
     assert_eq!(get(&store, &target).unwrap().item.seq, 2);
     // An expired item counts as absent.
     env.clock.advance_ms(TTL_MS);
@@ -1011,12 +1157,25 @@ fn check_put_batch_mixed_outcomes<S: RecordStore>(make: impl Fn(StoreConfig) -> 
     };
     let d = PutOptions::default();
     assert!(store.put_batch(Vec::new()).unwrap().is_empty());
+    let (bx, by) = (v("b", 1, "x"), v("b", 1, "y"));
+    // The second "b" either supersedes the first (and the first, re-posted, is then an
+    // equivocation) or is an equivocation (and the first, re-posted, a refresh).
+    let y_wins = precedence(by.item(), bx.item()) == std::cmp::Ordering::Greater;
+    let (b_second, b_third, b_value) = if y_wins {
+        (
+            Ok(Admission::Supersede { seq: 1 }),
+            Err(ReasonCode::Equivocation),
+            b"y",
+        )
+    } else {
+        (Err(ReasonCode::Equivocation), Ok(Admission::Refresh), b"x")
+    };
     let batch = vec![
         (v("a", 2, "x"), d),
         (v("a", 1, "old"), d),
-        (v("b", 1, "x"), d),
-        (v("b", 1, "y"), d),
-        (v("b", 1, "x"), d),
+        (bx.clone(), d),
+        (by, d),
+        (bx, d),
         (v("c", 1, "x"), opts_cas(Cas::Seq(3))),
         (v("d", 1, "x"), opts_expiry(T0 - 1)),
         (v("a", 3, "z"), d),
@@ -1031,8 +1190,8 @@ fn check_put_batch_mixed_outcomes<S: RecordStore>(make: impl Fn(StoreConfig) -> 
             Ok(Admission::Insert),
             Err(ReasonCode::Stale),
             Ok(Admission::Insert),
-            Err(ReasonCode::Equivocation),
-            Ok(Admission::Refresh),
+            b_second,
+            b_third,
             Err(ReasonCode::CasMismatch),
             Err(ReasonCode::Expired),
             Ok(Admission::Replace { previous_seq: 2 }),
@@ -1045,7 +1204,7 @@ fn check_put_batch_mixed_outcomes<S: RecordStore>(make: impl Fn(StoreConfig) -> 
     assert_eq!(stats(&store).items, 4);
     let at = |salt: &str| get(&store, &Target::of(&pk, salt.as_bytes()));
     assert_eq!(at("a").unwrap().item.seq, 3);
-    assert_eq!(at("b").unwrap().item.value().unwrap().as_ref(), b"x");
+    assert_eq!(at("b").unwrap().item.value().unwrap().as_ref(), b_value);
     assert!(at("c").is_none() && at("d").is_none() && at("g").is_none());
     assert!(at("e").unwrap().item.is_tombstone());
     assert!(at("f").is_some());
@@ -1108,8 +1267,9 @@ macro_rules! conformance {
 conformance!(
     check_insert_get,
     check_higher_seq_replaces,
-    check_same_seq_identical_refreshes_expiry,
-    check_same_seq_different_value_is_equivocation,
+    check_same_seq_identical_refresh_keeps_the_deadline,
+    check_signed_expiry_bounds_the_deadline,
+    check_same_seq_conflict_supersedes_or_is_equivocation,
     check_lower_seq_is_stale,
     check_compare_and_swap,
     check_tombstone_beats_stale,
@@ -1147,18 +1307,12 @@ fn redb_items_survive_close_and_reopen() {
     let pk = k.public_key();
 
     let store = RedbStore::open(&path, cfg.clone()).unwrap();
+    let own: Vec<MutableItem> = (0..40u64)
+        .map(|i| MutableItem::sign(&k, pk, format!("s{i}"), i, vec![i as u8; 100]))
+        .collect();
     let mut batch = Vec::new();
-    for i in 0..40u64 {
-        batch.push((
-            env.verify(MutableItem::sign(
-                &k,
-                pk,
-                format!("s{i}"),
-                i,
-                vec![i as u8; 100],
-            )),
-            PutOptions::default(),
-        ));
+    for item in &own {
+        batch.push((env.verify(item.clone()), PutOptions::default()));
     }
     for i in 0..10u8 {
         batch.push((
@@ -1180,12 +1334,10 @@ fn redb_items_survive_close_and_reopen() {
             PutOptions::default(),
         )
         .unwrap();
-    store
-        .put(
-            env.verify(MutableItem::sign(&k, pk, "s5", 5, vec![5u8; 100])),
-            PutOptions::default(),
-        )
-        .unwrap(); // a refresh
+    assert_eq!(
+        code(store.put(env.verify(own[5].clone()), PutOptions::default())),
+        Ok(Admission::Refresh)
+    );
 
     let stats_before = stats(&store);
     let items_before = all(&store);
@@ -1211,7 +1363,8 @@ fn redb_items_survive_close_and_reopen() {
         .is_tombstone());
     assert_eq!(
         get(&store, &Target::of(&pk, b"s5")).unwrap().expires_at_ms,
-        T0 + 500 + TTL_MS
+        T0 + TTL_MS,
+        "the refresh did not move the deadline"
     );
     // The per-signer count survived: the signer is still at its quota.
     assert_eq!(

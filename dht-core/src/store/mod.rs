@@ -5,6 +5,10 @@
 //! O(log n): nothing scans the whole store on a put. The put algorithm itself, which
 //! applies the rules of [`crate::validation::admit`], the expiry and the quotas, is
 //! written once in [`apply_put`] over the [`IndexedTxn`] both stores provide.
+//!
+//! An item's stored deadline is the earliest of its signed expiry, the deadline a
+//! replica passed on ([`PutOptions::expires_at_ms`]) and `now + ttl`; it is set when the
+//! item is stored and never extended by re-posting the same item.
 
 mod memory;
 mod redb_store;
@@ -12,7 +16,7 @@ mod redb_store;
 use std::sync::Arc;
 
 pub use memory::MemoryStore;
-pub use redb_store::RedbStore;
+pub use redb_store::{RedbStore, FORMAT_VERSION as REDB_FORMAT_VERSION};
 
 use crate::error::{Rejection, StoreError};
 use crate::item::Target;
@@ -61,7 +65,8 @@ pub struct StoreStats {
 /// A stored item with the store-local sequence number of its last change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangedItem {
-    /// Store-local, strictly increasing per change (insert, replace, refresh).
+    /// Store-local, strictly increasing per change (insert, replace, supersede; a
+    /// refresh changes nothing).
     pub change_seq: u64,
     /// The item.
     pub stored: StoredItem,
@@ -380,7 +385,10 @@ pub(crate) fn apply_put<T: IndexedTxn>(
     now: u64,
 ) -> Result<Result<PutOutcome, Rejection>, StoreError> {
     let target = item.target();
-    let expires_at_ms = match config.validator.expiry_for(opts.expires_at_ms, now) {
+    let expires_at_ms = match config
+        .validator
+        .deadline_for(item.item(), opts.expires_at_ms, now)
+    {
         Ok(t) => t,
         Err(r) => return Ok(Err(r)),
     };
@@ -389,25 +397,19 @@ pub(crate) fn apply_put<T: IndexedTxn>(
         Ok(a) => a,
         Err(r) => return Ok(Err(r)),
     };
-    // An expired leftover is replaced as if absent.
+    // A refresh changes nothing: the stored item, its deadline (which only the
+    // publisher's signature moves) and its place in the change feed stay.
+    if admission == Admission::Refresh {
+        return Ok(Ok(admission));
+    }
+    // An expired leftover is replaced as if absent. Insert, Replace and Supersede all
+    // store the incoming item with its own deadline.
     let live_old = old.as_ref().filter(|e| !e.stored.is_expired(now));
-    let new_expiry = match (admission, live_old) {
-        (Admission::Refresh, Some(e)) => e.stored.expires_at_ms.max(expires_at_ms),
-        _ => expires_at_ms,
-    };
-    let stored_item = match (admission, live_old) {
-        // A refresh keeps the stored bytes (identical content).
-        (Admission::Refresh, Some(e)) => e.stored.item.clone(),
-        _ => item.item().clone(),
-    };
     let new = Entry {
         stored: StoredItem {
-            item: stored_item,
-            expires_at_ms: new_expiry,
-            by_authorized_publisher: match (admission, live_old) {
-                (Admission::Refresh, Some(e)) => e.stored.by_authorized_publisher,
-                _ => item.by_authorized_publisher(),
-            },
+            item: item.item().clone(),
+            expires_at_ms,
+            by_authorized_publisher: item.by_authorized_publisher(),
         },
         change_seq: 0,
     };
@@ -466,9 +468,10 @@ pub(crate) fn apply_put<T: IndexedTxn>(
     let mut new = new;
     new.change_seq = txn.next_change_seq()?;
     txn.write_entry(&new, old.as_ref())?;
-    Ok(Ok(match (admission, live_old.is_some()) {
-        (Admission::Refresh, true) | (Admission::Replace { .. }, true) => admission,
-        _ => Admission::Insert,
+    Ok(Ok(if live_old.is_some() {
+        admission
+    } else {
+        Admission::Insert
     }))
 }
 

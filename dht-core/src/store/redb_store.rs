@@ -5,6 +5,11 @@
 //! Group commit: puts from many threads are queued to one writer thread, which applies
 //! everything queued in a single transaction and a single fsync, then answers each
 //! caller. Under load that turns thousands of fsyncs into a handful.
+//!
+//! Format: items are stored in their wire encoding, and the `meta` table records the
+//! on-disk format version ([`FORMAT_VERSION`]). A store written in another format
+//! (format 1 had no version marker and items without a signed expiry) is refused on
+//! open with [`StoreError::IncompatibleFormat`], never misread.
 
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
@@ -38,6 +43,11 @@ const SIGNERS: TableDefinition<&[u8], u64> = TableDefinition::new("signers");
 /// counters.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
+/// The on-disk format this build reads and writes. 2: items carry a signed expiry.
+/// (Format 1 had no marker.)
+pub const FORMAT_VERSION: u64 = 2;
+
+const META_FORMAT: &str = "format_version";
 const META_TOTAL_BYTES: &str = "total_bytes";
 const META_ITEMS: &str = "items";
 const META_NEXT_CHANGE: &str = "next_change";
@@ -142,15 +152,18 @@ pub const REDB_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 impl RedbStore {
     /// Opens (creating if needed) the store at `path`, with a page cache of
-    /// [`REDB_CACHE_BYTES`].
+    /// [`REDB_CACHE_BYTES`]. A store written in another on-disk format is
+    /// [`StoreError::IncompatibleFormat`].
     pub fn open(path: impl AsRef<Path>, config: StoreConfig) -> Result<Self, StoreError> {
+        let path = path.as_ref();
         let db = redb::Builder::new()
             .set_cache_size(REDB_CACHE_BYTES)
-            .create(path.as_ref())
+            .create(path)
             .map_err(db_err)?;
         let txn = db.begin_write().map_err(db_err)?;
         {
-            RedbTxn::open(&txn)?;
+            let mut t = RedbTxn::open(&txn)?;
+            t.check_format(path)?;
         }
         txn.commit().map_err(db_err)?;
         let db = Arc::new(db);
@@ -276,6 +289,35 @@ impl<'t> RedbTxn<'t> {
             signers: txn.open_table(SIGNERS).map_err(db_err)?,
             meta: txn.open_table(META).map_err(db_err)?,
         })
+    }
+
+    /// Checks the format marker; stamps it on a new (empty) store.
+    fn check_format(&mut self, path: &Path) -> Result<(), StoreError> {
+        let found = self
+            .meta
+            .get(META_FORMAT)
+            .map_err(db_err)?
+            .map(|v| v.value());
+        let incompatible = |found| StoreError::IncompatibleFormat {
+            path: path.to_path_buf(),
+            found,
+            expected: FORMAT_VERSION,
+        };
+        match found {
+            Some(FORMAT_VERSION) => Ok(()),
+            Some(other) => Err(incompatible(Some(other))),
+            None => {
+                let empty = self.items.first().map_err(db_err)?.is_none()
+                    && self.meta(META_NEXT_CHANGE)? == 0;
+                if !empty {
+                    return Err(incompatible(None));
+                }
+                self.meta
+                    .insert(META_FORMAT, FORMAT_VERSION)
+                    .map_err(db_err)?;
+                Ok(())
+            }
+        }
     }
 
     fn meta(&self, key: &str) -> Result<u64, StoreError> {
@@ -508,5 +550,96 @@ impl RecordStore for RedbStore {
                 bytes: get(META_TOTAL_BYTES)?,
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::SigningKey;
+    use crate::MutableItem;
+
+    /// Writes a store the way format 1 did: no marker, items without a signed expiry.
+    fn write_format_1(path: &Path) {
+        let db = Database::create(path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let key = SigningKey::generate_ed25519();
+            let item = MutableItem::sign(&key, key.public_key(), "tp", 1, "v");
+            let mut proto = ItemProto::from(&item);
+            proto.expires_at_ms = 0;
+            let rec = RecordProto {
+                item: Some(proto),
+                expires_at_ms: 5,
+                by_authorized_publisher: false,
+                change_seq: 1,
+            };
+            let mut items = txn.open_table(ITEMS).unwrap();
+            items
+                .insert(&item.target().as_bytes()[..], &rec.encode_to_vec()[..])
+                .unwrap();
+            let mut meta = txn.open_table(META).unwrap();
+            meta.insert(META_NEXT_CHANGE, 1).unwrap();
+            meta.insert(META_ITEMS, 1).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn a_store_in_the_old_format_is_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.redb");
+        write_format_1(&path);
+        let err = RedbStore::open(&path, StoreConfig::default()).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                StoreError::IncompatibleFormat { path: p, found: None, expected: FORMAT_VERSION }
+                    if p == &path
+            ),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(
+            text.contains("format changed") && text.contains("move"),
+            "{text}"
+        );
+        // Refusing did not touch the file: it is refused again, and nothing was stamped.
+        assert!(matches!(
+            RedbStore::open(&path, StoreConfig::default()),
+            Err(StoreError::IncompatibleFormat { found: None, .. })
+        ));
+    }
+
+    #[test]
+    fn a_store_of_a_future_format_is_refused_and_a_new_one_is_stamped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.redb");
+        drop(RedbStore::open(&path, StoreConfig::default()).unwrap());
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_read().unwrap();
+            let meta = txn.open_table(META).unwrap();
+            assert_eq!(
+                meta.get(META_FORMAT).unwrap().map(|v| v.value()),
+                Some(FORMAT_VERSION)
+            );
+        }
+        // An empty store reopens fine.
+        drop(RedbStore::open(&path, StoreConfig::default()).unwrap());
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(META_FORMAT, FORMAT_VERSION + 1)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        assert!(matches!(
+            RedbStore::open(&path, StoreConfig::default()),
+            Err(StoreError::IncompatibleFormat { found: Some(v), .. }) if v == FORMAT_VERSION + 1
+        ));
     }
 }
