@@ -26,7 +26,9 @@ use crate::config::NodeMode;
 use crate::metrics::GetLabels;
 use crate::node::Node;
 use crate::placement::Placement;
-use crate::protocol::{request_proto, response_proto, GetRequestProto, RequestProto, ResponseProto};
+use crate::protocol::{
+    request_proto, response_proto, GetRequestProto, RequestProto, ResponseProto,
+};
 use crate::report::{Found, GetMode, GetReport, Lookup, ReplicaResult};
 use crate::NodeError;
 
@@ -299,9 +301,8 @@ impl Node {
             if pending.is_empty() && lookup_done {
                 break;
             }
-            let grace_end = enough_at.map(|at| {
-                tokio::time::Instant::from_std(at + self.config().put_lookup_grace)
-            });
+            let grace_end = enough_at
+                .map(|at| tokio::time::Instant::from_std(at + self.config().put_lookup_grace));
             tokio::select! {
                 Some((peer, answer)) = pending.next(), if !pending.is_empty() => match answer {
                     Ok(found) => {
@@ -347,9 +348,8 @@ impl Node {
                 let stale: Vec<Option<PeerId>> = copies
                     .iter()
                     .filter(|(_, f)| {
-                        f.as_ref().is_none_or(|f| {
-                            dht_core::precedence(&f.item, &best.item).is_lt()
-                        })
+                        f.as_ref()
+                            .is_none_or(|f| dht_core::precedence(&f.item, &best.item).is_lt())
                     })
                     .map(|(p, _)| *p)
                     .collect();

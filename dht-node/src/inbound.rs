@@ -13,9 +13,9 @@ use tracing::{debug, instrument};
 use crate::events::NodeEvent;
 use crate::network::Shared;
 use crate::protocol::{
-    accepted, envelope, error_response, parse_put_item, parse_target, rejected, request_kind, request_proto,
-    response_proto, GetResponseProto, PutRequestProto, PutResponseProto, PutResultProto,
-    RequestProto, ResponseProto, SyncRequestProto, SyncResponseProto,
+    accepted, envelope, error_response, parse_put_item, parse_target, rejected, request_kind,
+    request_proto, response_proto, GetResponseProto, PutRequestProto, PutResponseProto,
+    PutResultProto, RequestProto, ResponseProto, SyncRequestProto, SyncResponseProto,
 };
 
 /// Most items in one sync page.
@@ -190,12 +190,10 @@ impl Inbound {
                 next = change.change_seq;
                 continue;
             }
-            let responsible = self.shared.view.responsible(
-                &item.target(),
-                self.replication,
-                self.local,
-                &[peer],
-            );
+            let responsible =
+                self.shared
+                    .view
+                    .responsible(&item.target(), self.replication, self.local, &[peer]);
             if responsible.contains(&peer) {
                 let size = item.stored_size() + 64;
                 if !items.is_empty() && (items.len() >= limit || bytes + size > budget) {

@@ -13,11 +13,11 @@ use std::time::Duration;
 use dht_core::store::RecordStore;
 use dht_core::wire::DecodeLimits;
 use dht_core::{Admission, Target};
-use parking_lot::Mutex;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use libp2p::kad::KBucketKey;
 use libp2p::PeerId;
+use parking_lot::Mutex;
 use rand::Rng;
 use tokio::sync::mpsc;
 use tracing::{debug, info, instrument, warn};
@@ -154,7 +154,11 @@ struct SavedCursor {
 
 impl SyncCursors {
     fn load(node: &Node) -> Self {
-        let path = node.config().data_dir.as_ref().map(|d| d.join(CURSORS_FILE));
+        let path = node
+            .config()
+            .data_dir
+            .as_ref()
+            .map(|d| d.join(CURSORS_FILE));
         let mut cursors = HashMap::new();
         if let Some(p) = &path {
             match std::fs::read(p) {
@@ -166,7 +170,9 @@ impl SyncCursors {
                             }
                         }
                     }
-                    Err(e) => warn!(path = %p.display(), error = %e, "ignoring unreadable sync cursors: the next catch-up is a full one"),
+                    Err(e) => {
+                        warn!(path = %p.display(), error = %e, "ignoring unreadable sync cursors: the next catch-up is a full one")
+                    }
                 },
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => warn!(path = %p.display(), error = %e, "cannot read sync cursors"),
@@ -240,7 +246,11 @@ pub(crate) async fn catch_up(node: Node, cursors: Arc<SyncCursors>) {
         .shared
         .caught_up
         .store(true, std::sync::atomic::Ordering::Release);
-    info!(items = changed.len(), peers = peers.len(), "catch-up finished");
+    info!(
+        items = changed.len(),
+        peers = peers.len(),
+        "catch-up finished"
+    );
     let _ = node.inner.shared.events.send(NodeEvent::CatchUpFinished {
         items: changed.len(),
         peers: peers.len(),

@@ -230,10 +230,7 @@ impl Metrics {
                         salt: String::from_utf8_lossy(salt).into_owned(),
                     })
                     .inc();
-                (
-                    "accepted",
-                    crate::report::admission_name(a),
-                )
+                ("accepted", crate::report::admission_name(a))
             }
             Err(code) => ("rejected", code.as_str()),
         };

@@ -3,34 +3,27 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use dht_core::store::{RecordStore, RedbStore, StoreConfig};
-use dht_core::wire::DecodeLimits;
-use dht_core::{
-    Admission, MutableItem, PublicKey, PutOptions, ReasonCode, SigningKey, Target, Validator,
-};
-use futures::stream::FuturesUnordered;
+use dht_core::{MutableItem, PublicKey, PutOptions, SigningKey, Target, Validator};
 use futures::StreamExt;
 use libp2p::{identity, Multiaddr, PeerId};
 use parking_lot::Mutex;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, instrument, warn};
+use tracing::{info, instrument, warn};
 
 use crate::config::{NodeConfig, NodeMode};
 use crate::events::NodeEvent;
 use crate::inbound::Inbound;
-use crate::metrics::{GetLabels, Metrics};
+use crate::metrics::Metrics;
 use crate::network::{build_swarm, Command, Driver, Shared};
 use crate::protocol::{
-    put_item_proto, request_proto, response_proto, GetRequestProto, PutRequestProto, RequestProto,
-    ResponseProto,
+    put_item_proto, request_proto, response_proto, PutRequestProto, RequestProto, ResponseProto,
 };
-use crate::report::{
-    Found, GetMode, GetReport, Lookup, NodeStats, PutReport, ReplicaOutcome, ReplicaResult,
-};
+use crate::report::{GetMode, NodeStats, PutReport, ReplicaResult};
 use crate::routing::{load_peers, save_peers};
 use crate::NodeError;
 

@@ -66,6 +66,7 @@ impl Placement {
     }
 
     /// Whether `peer` is one of the responsible nodes.
+    #[cfg(test)]
     pub fn is_responsible(&self, peer: &PeerId) -> bool {
         self.responsible.contains(peer)
     }
@@ -104,7 +105,10 @@ mod tests {
         assert_eq!(p.responsible, healthy.responsible);
         assert_eq!(p.majority(), 11);
         let unreachable: HashSet<PeerId> = p.unreachable.iter().copied().collect();
-        assert_eq!(unreachable, down.iter().filter(|x| **x != local).copied().collect());
+        assert_eq!(
+            unreachable,
+            down.iter().filter(|x| **x != local).copied().collect()
+        );
         assert_eq!(p.stand_ins.len(), p.unreachable.len());
         for s in &p.stand_ins {
             assert!(!p.is_responsible(s) && !down.contains(s));

@@ -70,7 +70,9 @@ impl Laggards {
                                         },
                                     );
                                 }
-                                None => warn!(path = %p.display(), "skipping an undecodable queued item"),
+                                None => {
+                                    warn!(path = %p.display(), "skipping an undecodable queued item")
+                                }
                             }
                         }
                     }
@@ -172,9 +174,10 @@ impl Laggards {
 /// Whether a re-send is finished with: every responsible replica holds the item (or a
 /// newer one), or a newer item superseded it.
 fn complete(report: &dht_node::PutReport) -> bool {
-    let superseded = report.rejected_by().iter().any(|(_, c)| {
-        matches!(c, ReasonCode::Stale | ReasonCode::Equivocation)
-    });
+    let superseded = report
+        .rejected_by()
+        .iter()
+        .any(|(_, c)| matches!(c, ReasonCode::Stale | ReasonCode::Equivocation));
     superseded
         || (report.majority_stored() && report.unreachable.is_empty() && report.pending.is_empty())
 }
