@@ -114,7 +114,10 @@ impl Node {
             })),
         };
         let result = match self.request(peer, request).await {
-            Err(_) => Err(Answer::Failed),
+            Err(e) => {
+                debug!(%peer, error = %e, "get request failed");
+                Err(Answer::Failed)
+            }
             Ok(ResponseProto {
                 kind: Some(response_proto::Kind::Get(g)),
             }) => match g.envelope {
@@ -143,7 +146,10 @@ impl Node {
                 }
             },
             // A refusal ("catching_up", "rate_limited") or an unexpected answer.
-            Ok(_) => Err(Answer::Failed),
+            Ok(other) => {
+                debug!(%peer, answer = ?other.kind.map(|_| "other"), "get refused");
+                Err(Answer::Failed)
+            }
         };
         (peer, result)
     }
@@ -289,7 +295,10 @@ impl Node {
             }
             .min(asked.len() + usize::from(copies.iter().any(|(p, _)| p.is_none())))
             .max(1);
-            if answered >= need && enough_at.is_none() {
+            // The need grows when the lookup finds more of the responsible set.
+            if answered < need {
+                enough_at = None;
+            } else if enough_at.is_none() {
                 enough_at = Some(Instant::now());
             }
             let waiting_for_lookup = !lookup_done && placement.responsible.len() < k;

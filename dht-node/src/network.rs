@@ -454,7 +454,9 @@ impl Driver {
             }
             Command::AddPeer(peer, addr) => {
                 self.swarm.behaviour_mut().kad.add_address(&peer, addr);
-                self.view_dirty = true;
+                // Known at once to the query code (a restarted node reads before the
+                // next periodic refresh).
+                self.refresh_view();
             }
             Command::Bootstrap => {
                 if let Err(e) = self.swarm.behaviour_mut().kad.bootstrap() {
@@ -463,6 +465,8 @@ impl Driver {
             }
             Command::Block(peer) => {
                 self.swarm.behaviour_mut().blocked.block_peer(peer);
+                // Unreachable from now on: skip it as any failed peer.
+                self.suspect(peer, "blocked");
             }
             Command::Unblock(peer) => {
                 self.swarm.behaviour_mut().blocked.unblock_peer(peer);

@@ -226,7 +226,10 @@ impl Node {
                 }
                 None => query.step().await,
             }
-            if majority_at.is_none() && query.has_majority() {
+            // The lookup may grow the responsible set and so the majority needed.
+            if !query.has_majority() {
+                majority_at = None;
+            } else if majority_at.is_none() {
                 majority_at = Some(Instant::now());
             }
         }
