@@ -8,6 +8,6 @@
 # Extra arguments go to dht-bench (e.g. --sizes 10,50 --no-mainline).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -p dht-node -p dht-benches
+cargo build --release -p dht-node -p dmsg-plugin -p dht-benches
 cargo bench -p dht-benches --bench core -- --warm-up-time 1 --measurement-time 2
 target/release/dht-bench --out BENCHMARKS.md "$@"

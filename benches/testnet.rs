@@ -15,6 +15,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+mod faults;
 mod hops;
 mod memory;
 mod scale;
@@ -67,6 +68,12 @@ struct Args {
     /// Nodes of the restarted-node catch-up measurement (0: skip).
     #[arg(long, default_value_t = 40)]
     catch_up_nodes: usize,
+    /// Skip the faults section.
+    #[arg(long)]
+    no_faults: bool,
+    /// The `dht-sidecar` binary (default: beside this one).
+    #[arg(long)]
+    dht_sidecar: Option<std::path::PathBuf>,
     /// The `dht-node` binary (default: beside this one).
     #[arg(long)]
     dht_node: Option<std::path::PathBuf>,
@@ -624,6 +631,15 @@ async fn main() -> anyhow::Result<()> {
         None
     };
     md.push_str(&memory::markdown(mem.as_ref(), catch.as_ref()));
+    if !args.no_faults {
+        let sidecar = args
+            .dht_sidecar
+            .clone()
+            .unwrap_or_else(|| bin.with_file_name("dht-sidecar"));
+        let f = faults::run(&sidecar, args.quick).await?;
+        eprintln!("{f:?}");
+        md.push_str(&faults::markdown(&f));
+    }
     if args.scale_nodes > 0 {
         eprintln!("== scale-out: {} nodes", args.scale_nodes);
         let s = scale::run(

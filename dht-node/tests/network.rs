@@ -135,10 +135,8 @@ async fn every_replica_rejects_bad_items_and_the_report_says_why() {
 
     let owner = SigningKey::generate_ed25519();
     let pk = owner.public_key();
-    let first = publisher
-        .put(MutableItem::sign(&owner, pk, "tp", 5, &b"five"[..]))
-        .await
-        .unwrap();
+    let five = MutableItem::sign(&owner, pk, "tp", 5, &b"five"[..]);
+    let first = publisher.put(five.clone()).await.unwrap();
     assert_eq!(first.stored_on().len(), replicas);
 
     // Stale: a lower seq.
@@ -147,12 +145,28 @@ async fn every_replica_rejects_bad_items_and_the_report_says_why() {
         .await
         .unwrap();
     expect_all(&r, ReasonCode::Stale);
-    // Equivocation: the same seq with another value.
-    let r = publisher
-        .put(MutableItem::sign(&owner, pk, "tp", 5, &b"other"[..]))
-        .await
+    // Equivocation: the same seq with another value. The total order decides: a value
+    // that loses to the stored one is refused by every replica...
+    let mut candidates =
+        (0..).map(|i| MutableItem::sign(&owner, pk, "tp", 5, format!("other {i}")));
+    let loser = candidates
+        .find(|c| dht_core::precedence(c, &five).is_lt())
         .unwrap();
+    let r = publisher.put(loser).await.unwrap();
     expect_all(&r, ReasonCode::Equivocation);
+    // ... and one that wins supersedes it on every replica (they converge, never split).
+    let winner = candidates
+        .find(|c| dht_core::precedence(c, &five).is_gt())
+        .unwrap();
+    let r = publisher.put(winner.clone()).await.unwrap();
+    assert!(
+        r.replicas.iter().all(|o| matches!(
+            o.result,
+            ReplicaResult::Stored(dht_core::Admission::Supersede { seq: 5 })
+        )) && r.replicas.len() == replicas,
+        "{}",
+        r.to_json()
+    );
     // Unauthorized: a mirror key the replicas do not trust.
     let victim = SigningKey::generate_secp256k1().public_key();
     let r = publisher
@@ -209,7 +223,7 @@ async fn every_replica_rejects_bad_items_and_the_report_says_why() {
         .get(pk, b"tp", GetMode::Quorum(0))
         .await
         .unwrap();
-    assert_eq!(value_of(&got).as_deref(), Some(&b"five"[..]));
+    assert_eq!(value_of(&got), winner.value().map(|v| v.to_vec()));
     net.shutdown().await;
 }
 
