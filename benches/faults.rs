@@ -82,7 +82,7 @@ fn start_sidecar(
         toml.push_str(&format!("bootstrap = [{b:?}]\n"));
     }
     if push {
-        toml.push_str("push_listen = \"127.0.0.1:0\"\npush_token = \"bench\"\n");
+        toml.push_str("push_listen = \"127.0.0.1:0\"\npush_token = \"bench-token-0123456789\"\n");
     }
     toml.push_str(&format!(
         "[mirror_keys]\ntp = {key_file:?}\n[authorized_publishers]\ntp = [\"{}\"]\n",
@@ -105,8 +105,10 @@ fn start_sidecar(
     let stderr = child.stderr.take().context("stderr")?;
     let mut peer_id = None;
     let mut push_url = None;
+    let mut last = String::new();
     for line in BufReader::new(stderr).lines() {
         let line = line?;
+        last.clone_from(&line);
         if let Some(p) = line.strip_prefix("peer id: ") {
             peer_id = Some(p.to_string());
         }
@@ -125,7 +127,7 @@ fn start_sidecar(
     }
     Ok(Sidecar {
         child,
-        peer_id: peer_id.context("sidecar printed no peer id")?,
+        peer_id: peer_id.with_context(|| format!("the sidecar did not start: {last}"))?,
         port,
         push: push_url,
         _dir: dir,
@@ -145,7 +147,7 @@ async fn push_round(
         let started = Instant::now();
         let r = client
             .put(format!("{url}/v1/mirror/tp/{subject}"))
-            .bearer_auth("bench")
+            .bearer_auth("bench-token-0123456789")
             .body(body)
             .send()
             .await?;
@@ -426,7 +428,7 @@ pub fn markdown(f: &FaultFigures) -> String {
         0.0
     };
     format!(
-        "\n### Faults\n\n\
+        "### Faults\n\n\
          Real processes and real sockets on 127.0.0.1; latencies in ms.\n\n\
          | fault | figure | measured | goal |\n|---|---|---|---|\n\
          | push API, 5 `dht-sidecar`s, all up ({} pushes) | p50 / p99 | {:.1} / {:.1} | |\n\

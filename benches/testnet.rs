@@ -71,6 +71,9 @@ struct Args {
     /// Skip the faults section.
     #[arg(long)]
     no_faults: bool,
+    /// Run only the faults section (rewrites only its block of the report).
+    #[arg(long)]
+    only_faults: bool,
     /// The `dht-sidecar` binary (default: beside this one).
     #[arg(long)]
     dht_sidecar: Option<std::path::PathBuf>,
@@ -366,15 +369,18 @@ fn mainline_figures(size: usize, ops: usize, value_len: usize) -> anyhow::Result
 
 const START: &str = "<!-- dht-bench:start -->";
 const END: &str = "<!-- dht-bench:end -->";
+const FAULTS_START: &str = "<!-- dht-bench:faults:start -->";
+const FAULTS_END: &str = "<!-- dht-bench:faults:end -->";
 
-/// Writes `md` to `path`, between the markers if the file has them.
-fn write_report(path: &str, md: &str) -> anyhow::Result<()> {
+/// Writes `md` to `path` between the markers `start` and `end`; appends the marked
+/// block if the file lacks them.
+fn write_report(path: &str, md: &str, start: &str, end: &str) -> anyhow::Result<()> {
     let existing = std::fs::read_to_string(path).unwrap_or_default();
-    let out = match (existing.find(START), existing.find(END)) {
+    let out = match (existing.find(start), existing.find(end)) {
         (Some(a), Some(b)) if a < b => {
-            format!("{}{START}\n{md}\n{}", &existing[..a], &existing[b..])
+            format!("{}{start}\n{md}\n{}", &existing[..a], &existing[b..])
         }
-        _ => md.to_string(),
+        _ => format!("{existing}\n{start}\n{md}\n{end}\n"),
     };
     std::fs::write(path, out)?;
     Ok(())
@@ -410,6 +416,34 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|s| s.lines().next().map(|l| l.to_string()))
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let bin = args.dht_node.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("dht-node")))
+            .unwrap_or_else(|| "dht-node".into())
+    });
+    if !args.no_faults {
+        let sidecar = args
+            .dht_sidecar
+            .clone()
+            .unwrap_or_else(|| bin.with_file_name("dht-sidecar"));
+        let f = faults::run(&sidecar, args.quick).await?;
+        eprintln!("{f:?}");
+        let md = format!(
+            "Machine: {cores} cores, {}.\n{}",
+            mem_total
+                .replace("MemTotal:", "memory")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+            faults::markdown(&f)
+        );
+        write_report(&args.out, &md, FAULTS_START, FAULTS_END)?;
+        println!("{md}");
+    }
+    if args.only_faults {
+        return Ok(());
+    }
     let mut md = String::new();
     writeln!(md, "## Testnet benchmarks (`dht-bench`)\n")?;
     writeln!(
@@ -598,12 +632,6 @@ async fn main() -> anyhow::Result<()> {
             h.exact_share * 100.0
         )?;
     }
-    let bin = args.dht_node.clone().unwrap_or_else(|| {
-        std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(|d| d.join("dht-node")))
-            .unwrap_or_else(|| "dht-node".into())
-    });
     let mut seed_rows = Vec::new();
     for &scale in &args.seed_scales {
         eprintln!("== seed scenario {scale}x");
@@ -677,7 +705,7 @@ async fn main() -> anyhow::Result<()> {
             s.formation_s, s.rss_mb_per_node, s.failures
         )?;
     }
-    write_report(&args.out, &md)?;
+    write_report(&args.out, &md, START, END)?;
     println!("{md}");
     Ok(())
 }

@@ -301,7 +301,9 @@ impl Node {
             } else if enough_at.is_none() {
                 enough_at = Some(Instant::now());
             }
-            let waiting_for_lookup = !lookup_done && placement.responsible.len() < k;
+            let waiting_for_lookup = !lookup_done
+                && placement.responsible.len() < k
+                && !self.inner.shared.table_is_membership();
             if let Some(at) = enough_at {
                 if !waiting_for_lookup || at.elapsed() >= self.config().put_lookup_grace {
                     break;

@@ -135,12 +135,22 @@ pub struct Shared {
     /// Whether the start-up catch-up finished (until then the local copy alone answers
     /// no read).
     pub(crate) caught_up: std::sync::atomic::AtomicBool,
+    /// Whether a bootstrap round finished (or there was nobody to bootstrap from): from
+    /// then on a routing table smaller than `k` is taken as the whole membership, and
+    /// queries answer from it without waiting for their lookup.
+    pub(crate) bootstrapped: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
     /// Whether the start-up catch-up has finished.
     pub fn caught_up(&self) -> bool {
         self.caught_up.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether the routing table, if smaller than `k`, holds the whole membership: a
+    /// bootstrap round has finished.
+    pub(crate) fn table_is_membership(&self) -> bool {
+        self.bootstrapped.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -522,10 +532,15 @@ impl Driver {
                 if num_established == 0 {
                     self.limiter.forget(&peer_id);
                     // Closed by an error (a crashed or cut-off peer), not by an idle
-                    // timeout or the budget: probe it at once; a failed dial suspects it.
-                    if cause.is_some() && !self.shared.view.addresses(&peer_id).is_empty() {
+                    // timeout or the budget: suspect it and probe it at once; a probe
+                    // that connects clears the suspicion within a round trip.
+                    if let Some(error) = cause {
                         let addrs = self.shared.view.addresses(&peer_id);
-                        self.redial(peer_id, addrs);
+                        if !addrs.is_empty() {
+                            debug!(peer = %peer_id, %error, "connection lost");
+                            self.suspect(peer_id, "connection lost");
+                            self.redial(peer_id, addrs);
+                        }
                     }
                 }
             }
@@ -574,6 +589,9 @@ impl Driver {
                 self.count_kad_requests(true, &stats);
                 debug!(ok = r.is_ok(), "bootstrap round finished");
                 self.view_dirty = true;
+                self.shared
+                    .bootstrapped
+                    .store(true, std::sync::atomic::Ordering::Release);
                 let _ = self.shared.events.send(NodeEvent::BootstrapFinished);
             }
             kad::Event::RoutingUpdated {

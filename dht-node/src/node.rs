@@ -268,6 +268,7 @@ impl Node {
             caught_up: std::sync::atomic::AtomicBool::new(
                 config.mode == NodeMode::Client || store_is_empty,
             ),
+            bootstrapped: std::sync::atomic::AtomicBool::new(false),
         });
         let inbound = store.as_ref().map(|store| {
             Arc::new(Inbound {
@@ -334,6 +335,13 @@ impl Node {
                 Some(_) => {}
                 None => self.command(Command::Dial(addr.clone())).await?,
             }
+        }
+        if known == 0 {
+            // The first node of a network: its (empty) table is the whole membership.
+            self.inner
+                .shared
+                .bootstrapped
+                .store(true, std::sync::atomic::Ordering::Release);
         }
         if known > 0 {
             info!(known, "joining the network");

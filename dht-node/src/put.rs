@@ -23,7 +23,7 @@ use crate::report::{PutReport, ReplicaOutcome, ReplicaResult};
 use crate::NodeError;
 
 /// Shortest wait for stragglers once a majority stored.
-const MIN_STRAGGLER_GRACE: Duration = Duration::from_millis(20);
+const MIN_STRAGGLER_GRACE: Duration = Duration::from_millis(5);
 
 /// One put in progress.
 struct PutQuery {
@@ -206,11 +206,20 @@ impl Node {
         let k = self.config().replication;
         let mut majority_at: Option<Instant> = None;
         while !query.finished() {
+            let young =
+                query.placement.responsible.len() < k && !self.inner.shared.table_is_membership();
+            // Every replica asked has answered and a majority holds the item: a lookup
+            // still running can only add to a table that already answered (it goes on
+            // in the background), unless the table is young.
+            if majority_at.is_some() && query.pending.is_empty() && !young {
+                break;
+            }
             let deadline = majority_at.map(|at| {
                 let grace = at.duration_since(started).max(MIN_STRAGGLER_GRACE);
-                // A responsible set smaller than k may only mean the routing table is
-                // young: give the lookup longer to find the rest.
-                let grace = if query.placement.responsible.len() < k && query.lookup.is_some() {
+                // A responsible set smaller than k before any bootstrap round finished
+                // may only mean the routing table is young: give the lookup longer to
+                // find the rest. After one, the table is the membership.
+                let grace = if young && query.lookup.is_some() {
                     grace.max(self.config().put_lookup_grace)
                 } else {
                     grace
