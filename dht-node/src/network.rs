@@ -507,11 +507,12 @@ impl Driver {
                 self.view_dirty = true;
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(_)) => {}
-            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result, .. })) => {
-                if result.is_ok() {
-                    self.heard_from(peer);
-                }
-            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(_),
+                ..
+            })) => self.heard_from(peer),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(_)) => {}
             SwarmEvent::Behaviour(BehaviourEvent::Blocked(never)) => match never {},
             SwarmEvent::Behaviour(BehaviourEvent::Items(e)) => self.on_items(e),
             SwarmEvent::NewListenAddr { address, .. } => {
