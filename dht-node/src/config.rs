@@ -7,6 +7,9 @@ use dht_core::store::StoreLimits;
 use dht_core::Policy;
 use libp2p::Multiaddr;
 
+/// Room in a frame beside one value: keys, salt, signature, envelope and framing.
+pub const FRAME_OVERHEAD: usize = 64 * 1024;
+
 /// Default TCP (and UDP for QUIC) port of a full node.
 pub const DEFAULT_PORT: u16 = 9480;
 
@@ -21,13 +24,17 @@ pub enum NodeMode {
     Client,
 }
 
-/// Per-peer inbound request rate limit (token bucket).
+/// Per-peer inbound limits (token buckets): requests, and the bytes they carry.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimit {
     /// Sustained requests per second.
     pub per_second: f64,
     /// Burst size.
     pub burst: f64,
+    /// Sustained bytes per second (values carried by puts, frames refused as too large).
+    pub bytes_per_second: f64,
+    /// Burst size in bytes.
+    pub burst_bytes: f64,
 }
 
 impl Default for RateLimit {
@@ -37,6 +44,8 @@ impl Default for RateLimit {
         RateLimit {
             per_second: 2_000.0,
             burst: 20_000.0,
+            bytes_per_second: 16.0 * 1024.0 * 1024.0,
+            burst_bytes: 64.0 * 1024.0 * 1024.0,
         }
     }
 }
@@ -144,8 +153,10 @@ impl NodeConfig {
         }
     }
 
-    /// Largest item-protocol message: two full values plus room for the rest.
+    /// Largest item-protocol message: one full value plus room for the rest of an item.
+    /// A put whose value is over the limit is refused from its length prefix; batches
+    /// (hand-off, republish, sync pages) are cut to fit.
     pub fn max_message_len(&self) -> usize {
-        (self.policy.max_value_len.saturating_mul(2)).max(4 * 1024 * 1024) + 64 * 1024
+        self.policy.max_value_len.saturating_add(FRAME_OVERHEAD)
     }
 }

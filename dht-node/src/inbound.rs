@@ -175,7 +175,8 @@ impl Inbound {
     /// bounded by count and bytes.
     fn sync(&self, peer: PeerId, req: SyncRequestProto) -> ResponseProto {
         let limit = (req.limit as usize).clamp(1, MAX_SYNC_PAGE);
-        let budget = self.max_message_len / 2;
+        // One frame: at least one item always fits (a full value plus overhead).
+        let budget = self.max_message_len.saturating_sub(16 * 1024);
         let mut items = Vec::new();
         let mut bytes = 0usize;
         let mut next = req.since;
@@ -195,7 +196,7 @@ impl Inbound {
                     .view
                     .responsible(&item.target(), self.replication, self.local, &[peer]);
             if responsible.contains(&peer) {
-                let size = item.stored_size() + 64;
+                let size = crate::maintenance::encoded_size(item);
                 if !items.is_empty() && (items.len() >= limit || bytes + size > budget) {
                     done = false;
                     break;

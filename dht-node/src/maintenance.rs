@@ -29,8 +29,8 @@ use crate::protocol::{
     SyncRequestProto,
 };
 
-/// Bytes per hand-off / republish batch.
-const BATCH_BYTES: usize = 1024 * 1024;
+/// Room kept free in a batch frame for the request's own framing.
+const BATCH_MARGIN: usize = 16 * 1024;
 /// Items per sync page requested.
 const SYNC_PAGE: u32 = 1024;
 /// Wait after a new peer appears before handing off (several joins share one pass).
@@ -403,6 +403,11 @@ pub(crate) async fn push_responsible(node: Node, only: Option<HashSet<PeerId>>) 
     }
 }
 
+/// Bytes an item takes in a put or sync frame (an upper bound).
+pub(crate) fn encoded_size(item: &dht_core::MutableItem) -> usize {
+    item.stored_size() + 128
+}
+
 /// Streams the store and sends each item to the peers `recipients` names for its
 /// target, batched per peer; returns how many items went to at least one peer.
 async fn push_items<F>(node: Node, recipients: F) -> usize
@@ -413,27 +418,30 @@ where
         return 0;
     };
     let (tx, mut rx) = mpsc::channel::<(PeerId, Vec<PutItemProto>)>(16);
+    // Every batch fits in one frame of the item protocol.
+    let batch_bytes = node.config().max_message_len().saturating_sub(BATCH_MARGIN);
     let producer = tokio::task::spawn_blocking(move || {
         let mut batches: HashMap<PeerId, (Vec<PutItemProto>, usize)> = HashMap::new();
         let mut items = 0usize;
         for stored in dht_core::store::iter_all(&*store as &dyn RecordStore) {
             let Ok(stored) = stored else { break };
             let peers = recipients(&stored.item.target());
+            let size = encoded_size(&stored.item);
             for peer in &peers {
                 let entry = batches.entry(*peer).or_default();
-                entry.1 += stored.item.stored_size() + 64;
-                entry.0.push(PutItemProto {
-                    envelope: Some(envelope(&stored.item, stored.expires_at_ms)),
-                    cas_kind: 0,
-                    cas_seq: 0,
-                });
-                if entry.1 >= BATCH_BYTES {
+                if !entry.0.is_empty() && entry.1 + size > batch_bytes {
                     let full = std::mem::take(&mut entry.0);
                     entry.1 = 0;
                     if tx.blocking_send((*peer, full)).is_err() {
                         return items;
                     }
                 }
+                entry.1 += size;
+                entry.0.push(PutItemProto {
+                    envelope: Some(envelope(&stored.item, stored.expires_at_ms)),
+                    cas_kind: 0,
+                    cas_seq: 0,
+                });
             }
             items += usize::from(!peers.is_empty());
         }

@@ -26,8 +26,8 @@ use crate::inbound::Inbound;
 use crate::liveness::{Change, Liveness};
 use crate::metrics::RequestLabels;
 use crate::protocol::{
-    error_response, request_kind, ItemCodec, RequestProto, ResponseProto, ITEM_PROTOCOL,
-    KAD_PROTOCOL,
+    error_response, request_kind, request_proto, ItemCodec, ItemRequest, RequestProto,
+    ResponseProto, ITEM_PROTOCOL, KAD_PROTOCOL,
 };
 use crate::routing::{ip_range, is_dialable, RoutingView};
 use crate::NodeError;
@@ -35,6 +35,10 @@ use crate::NodeError;
 /// How often connected peers are pinged (`/ipfs/ping/1.0.0`): a pong clears a
 /// suspicion, a missed one closes the connection.
 const PING_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Item-protocol streams one connection may have open at once (each may buffer up to
+/// one frame, so this bounds a peer's share of memory).
+const MAX_STREAMS_PER_CONNECTION: usize = 32;
 
 /// A new connection is never trimmed before it is this old (a lookup needs it first).
 const CONNECTION_GRACE: Duration = Duration::from_secs(2);
@@ -95,22 +99,59 @@ pub enum Command {
     Shutdown,
 }
 
-/// Per-peer token buckets for inbound requests.
+/// A token bucket.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn take(&mut self, cost: f64, per_second: f64, burst: f64, now: Instant) -> bool {
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * per_second).min(burst);
+        self.last = now;
+        if self.tokens >= cost {
+            self.tokens -= cost;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Per-peer token buckets for inbound requests: one counting requests, one counting
+/// the bytes they carry.
 struct RateLimiter {
-    per_second: f64,
-    burst: f64,
-    buckets: HashMap<PeerId, (f64, Instant)>,
+    limit: crate::config::RateLimit,
+    buckets: HashMap<PeerId, (Bucket, Bucket)>,
 }
 
 impl RateLimiter {
-    fn allow(&mut self, peer: PeerId) -> bool {
+    fn new(limit: crate::config::RateLimit) -> Self {
+        RateLimiter {
+            limit,
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Whether `peer` may send one more request of `bytes` now.
+    fn allow(&mut self, peer: PeerId, bytes: usize) -> bool {
         let now = Instant::now();
-        let (tokens, last) = self.buckets.entry(peer).or_insert((self.burst, now));
-        *tokens =
-            (*tokens + now.duration_since(*last).as_secs_f64() * self.per_second).min(self.burst);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
+        let l = self.limit;
+        let full = |tokens| Bucket { tokens, last: now };
+        let (requests, volume) = self
+            .buckets
+            .entry(peer)
+            .or_insert((full(l.burst), full(l.burst_bytes)));
+        // Check both before taking from either.
+        let mut r = *requests;
+        let mut v = *volume;
+        if r.take(1.0, l.per_second, l.burst, now)
+            && v.take(bytes as f64, l.bytes_per_second, l.burst_bytes, now)
+        {
+            *requests = r;
+            *volume = v;
             true
         } else {
             false
@@ -119,6 +160,29 @@ impl RateLimiter {
 
     fn forget(&mut self, peer: &PeerId) {
         self.buckets.remove(peer);
+    }
+}
+
+/// The bytes an inbound request carries, as counted by the per-peer byte budget.
+fn request_bytes(request: &ItemRequest) -> usize {
+    const BASE: usize = 256;
+    match request {
+        ItemRequest::Oversized { len, .. } => *len,
+        ItemRequest::Message(m) => match &m.kind {
+            Some(request_proto::Kind::Put(p)) => p
+                .items
+                .iter()
+                .map(|i| {
+                    BASE + i
+                        .envelope
+                        .as_ref()
+                        .and_then(|e| e.item.as_ref())
+                        .map_or(0, |it| it.value.len())
+                })
+                .sum::<usize>()
+                .max(BASE),
+            _ => BASE,
+        },
     }
 }
 
@@ -193,11 +257,11 @@ pub fn build_swarm(
             NodeMode::Client => ProtocolSupport::Outbound,
         };
         let items = request_response::Behaviour::with_codec(
-            ItemCodec { max_message_len },
+            ItemCodec::new(max_message_len),
             [(ITEM_PROTOCOL, support)],
             request_response::Config::default()
                 .with_request_timeout(request_timeout)
-                .with_max_concurrent_streams(1024),
+                .with_max_concurrent_streams(MAX_STREAMS_PER_CONNECTION),
         );
         Behaviour {
             blocked: Default::default(),
@@ -271,11 +335,7 @@ impl Driver {
             inbound,
             lookups: HashMap::new(),
             requests: HashMap::new(),
-            limiter: RateLimiter {
-                per_second: config.rate_limit.per_second,
-                burst: config.rate_limit.burst,
-                buckets: HashMap::new(),
-            },
+            limiter: RateLimiter::new(config.rate_limit),
             max_per_range: config.max_peers_per_ip_range,
             range_includes_loopback: config.ip_range_limit_loopback,
             view_dirty: true,
@@ -443,7 +503,7 @@ impl Driver {
                     .swarm
                     .behaviour_mut()
                     .items
-                    .send_request_with_addresses(&peer, request, addrs);
+                    .send_request_with_addresses(&peer, ItemRequest::Message(request), addrs);
                 self.requests.insert(id, reply);
             }
             Command::Respond { channel, response } => {
@@ -653,7 +713,7 @@ impl Driver {
             .all(|r| counts.get(r).copied().unwrap_or(0) < max)
     }
 
-    fn on_items(&mut self, event: request_response::Event<RequestProto, ResponseProto>) {
+    fn on_items(&mut self, event: request_response::Event<ItemRequest, ResponseProto>) {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
@@ -696,7 +756,7 @@ impl Driver {
     fn on_inbound(
         &mut self,
         peer: PeerId,
-        request: RequestProto,
+        request: ItemRequest,
         channel: ResponseChannel<ResponseProto>,
     ) {
         let Some(inbound) = self.inbound.clone() else {
@@ -707,7 +767,7 @@ impl Driver {
                 .send_response(channel, error_response("not_serving", "client-mode node"));
             return;
         };
-        if !self.limiter.allow(peer) {
+        if !self.limiter.allow(peer, request_bytes(&request)) {
             self.shared.metrics.rate_limited.inc();
             let _ = self
                 .swarm
@@ -716,10 +776,51 @@ impl Driver {
                 .send_response(channel, error_response("rate_limited", "too many requests"));
             return;
         }
+        let request = match request {
+            ItemRequest::Message(m) => m,
+            ItemRequest::Oversized { len, limit } => {
+                self.shared
+                    .metrics
+                    .count_put(b"", Err(dht_core::ReasonCode::TooLarge));
+                let _ = self.swarm.behaviour_mut().items.send_response(
+                    channel,
+                    error_response(
+                        dht_core::ReasonCode::TooLarge.as_str(),
+                        format!("message of {len} bytes exceeds the limit of {limit}"),
+                    ),
+                );
+                return;
+            }
+        };
         let tx = self.self_tx.clone();
         tokio::spawn(async move {
             let response = inbound.handle(peer, request).await;
             let _ = tx.send(Command::Respond { channel, response }).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_limiter_counts_requests_and_bytes() {
+        let mut l = RateLimiter::new(crate::config::RateLimit {
+            per_second: 0.0,
+            burst: 10.0,
+            bytes_per_second: 0.0,
+            burst_bytes: 1_000.0,
+        });
+        let p = PeerId::random();
+        // Bytes run out first: 4 x 256 > 1,000.
+        assert!(l.allow(p, 256));
+        assert!(l.allow(p, 256));
+        assert!(l.allow(p, 256));
+        assert!(!l.allow(p, 256));
+        // A refused request takes nothing: a small one still fits.
+        assert!(l.allow(p, 100));
+        // Another peer has its own buckets.
+        assert!(l.allow(PeerId::random(), 900));
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dht_core::store::{RecordStore, RedbStore, StoreConfig};
-use dht_core::{MutableItem, PublicKey, PutOptions, SigningKey, Target, Validator};
+use dht_core::{MutableItem, PublicKey, PutOptions, ReasonCode, SigningKey, Target, Validator};
 use futures::StreamExt;
 use libp2p::{identity, Multiaddr, PeerId};
 use parking_lot::Mutex;
@@ -615,9 +615,15 @@ fn first_put_result(r: ResponseProto) -> ReplicaResult {
             Some(res) => crate::protocol::replica_result(res),
             None => ReplicaResult::Failed("empty put response".into()),
         },
-        Some(response_proto::Kind::Error(e)) => {
-            ReplicaResult::Failed(format!("{}: {}", e.code, e.detail))
-        }
+        // A refusal of the whole request with a reason code (a frame over the limit is
+        // refused from its header) is a rejection; anything else is a failure.
+        Some(response_proto::Kind::Error(e)) => match ReasonCode::from_name(&e.code) {
+            Some(code) => ReplicaResult::Rejected {
+                code,
+                detail: e.detail,
+            },
+            None => ReplicaResult::Failed(format!("{}: {}", e.code, e.detail)),
+        },
         _ => ReplicaResult::Failed("unexpected response".into()),
     }
 }

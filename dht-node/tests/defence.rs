@@ -87,6 +87,7 @@ async fn a_flooding_peer_is_rate_limited() {
     config.rate_limit = RateLimit {
         per_second: 1.0,
         burst: 5.0,
+        ..RateLimit::default()
     };
     let net = Testnet::builder(2).config(config).build().await.unwrap();
     assert!(net.wait_for_routing(1, Duration::from_secs(10)).await);

@@ -178,8 +178,7 @@ fn complete(report: &dht_node::PutReport) -> bool {
         .rejected_by()
         .iter()
         .any(|(_, c)| matches!(c, ReasonCode::Stale | ReasonCode::Equivocation));
-    superseded
-        || (report.majority_stored() && report.unreachable.is_empty() && report.pending.is_empty())
+    superseded || (report.majority_stored() && report.unreachable.is_empty())
 }
 
 async fn work(queue: Weak<Laggards>, node: Node) {

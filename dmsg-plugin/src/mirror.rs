@@ -226,7 +226,9 @@ impl Mirror {
                         outcome.rejected.push(format!("{peer}: {code}"));
                     }
                     outcome.ok = report.majority_stored();
-                    let laggards = !report.unreachable.is_empty() || !report.pending.is_empty();
+                    // Replicas still answering when the put returned finish in the
+                    // put's own background; those down or failed are the queue's.
+                    let laggards = !report.unreachable.is_empty();
                     if outcome.ok && laggards && !superseded {
                         self.laggards.push(&self.node, item);
                     } else if outcome.ok {
