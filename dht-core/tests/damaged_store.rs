@@ -258,6 +258,19 @@ fn a_damaged_store_moved_aside_leaves_room_for_a_fresh_one() {
 }
 
 #[test]
+fn a_store_open_elsewhere_is_not_called_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, _) = make_store(dir.path());
+    let first = RedbStore::open(&src, config()).unwrap();
+    // redb locks the file: a second open fails, but that is no reason to move it aside.
+    match RedbStore::open(&src, config()) {
+        Err(StoreError::Database(_)) => {}
+        other => panic!("expected a Database error, got {other:?}"),
+    }
+    assert_eq!(first.iter_all().count() as u64, ITEMS);
+}
+
+#[test]
 fn move_aside_of_a_missing_file_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let err = move_aside(&dir.path().join("nothing.redb")).unwrap_err();

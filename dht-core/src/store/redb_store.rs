@@ -10,6 +10,15 @@
 //! on-disk format version ([`FORMAT_VERSION`]). A store written in another format
 //! (format 1 had no version marker and items without a signed expiry) is refused on
 //! open with [`StoreError::IncompatibleFormat`], never misread.
+//!
+//! Damage: [`RedbStore::open`] verifies the whole store before using it (redb's
+//! integrity check, then every record and index row decoded once) and refuses a
+//! damaged file (truncated, 0 bytes, overwritten pages or header) with
+//! [`StoreError::Damaged`] naming it. redb 2.x panics on some damaged files instead of
+//! returning an error; those panics are contained (see [`contain`]) here and on every
+//! later read or write, so damage is an error, never a crash. A 0-byte file is damage,
+//! not a new store: a store is created only where no file exists. [`move_aside`]
+//! renames a damaged file so that the next open starts empty.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
@@ -125,18 +134,15 @@ fn parse_expiry_key(k: &[u8]) -> Result<(u64, Target), StoreError> {
 /// locked by another process, permissions, a full disk) is [`StoreError::Database`].
 fn db_err(e: impl Into<redb::Error>) -> StoreError {
     let e: redb::Error = e.into();
-    let is_damage = match &e {
-        redb::Error::Corrupted(_) => true,
-        redb::Error::Io(io) => matches!(
-            io.kind(),
-            std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
-        ),
-        _ => false,
-    };
-    if is_damage {
-        damaged(format!("redb: {e}"))
-    } else {
-        StoreError::Database(e.to_string())
+    match &e {
+        redb::Error::Corrupted(_) => damaged(format!("redb: {e}")),
+        redb::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => damaged(format!(
+            "redb: {e}: its header or a page is not valid redb data"
+        )),
+        redb::Error::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            damaged(format!("redb: {e}: the file ends early"))
+        }
+        _ => StoreError::Database(e.to_string()),
     }
 }
 
@@ -186,7 +192,7 @@ fn contain<R>(path: &Path, f: impl FnOnce() -> Result<R, StoreError>) -> Result<
                 .unwrap_or_else(|| "no message".to_owned());
             Err(StoreError::Damaged {
                 path: path.to_path_buf(),
-                detail: format!("redb panicked reading it: {msg}"),
+                detail: format!("redb panicked on its contents: {msg}"),
             })
         }
     }
@@ -859,6 +865,66 @@ mod tests {
             RedbStore::open(&path, StoreConfig::default()),
             Err(StoreError::IncompatibleFormat { found: None, .. })
         ));
+    }
+
+    /// A store of one item, closed; returns its path.
+    fn one_item_store(dir: &Path) -> PathBuf {
+        let path = dir.join("items.redb");
+        let store = RedbStore::open(&path, StoreConfig::default()).unwrap();
+        let key = SigningKey::generate_ed25519();
+        let item = MutableItem::sign(&key, key.public_key(), "tp", 1, "v");
+        let verified = crate::Validator::default().validate(item).unwrap();
+        store.put(verified, PutOptions::default()).unwrap();
+        drop(store);
+        path
+    }
+
+    /// Damage redb's checksums cannot see (the rows are well-formed redb data) is found
+    /// by decoding every record on open.
+    #[test]
+    fn a_record_that_does_not_decode_is_damage_found_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = one_item_store(dir.path());
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(ITEMS)
+                .unwrap()
+                .insert(&[7u8; 32][..], &b"\xff\xff not a record"[..])
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let err = RedbStore::open(&path, StoreConfig::default()).unwrap_err();
+        match &err {
+            StoreError::Damaged { path: p, detail } => {
+                assert_eq!(p, &path);
+                assert!(detail.contains("does not decode"), "{detail}");
+            }
+            other => panic!("expected Damaged, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_index_that_disagrees_with_the_items_is_damage_found_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = one_item_store(dir.path());
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(BY_CHANGE)
+                .unwrap()
+                .insert(99, &[1u8; 32][..])
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let err = RedbStore::open(&path, StoreConfig::default()).unwrap_err();
+        match &err {
+            StoreError::Damaged { path: p, detail } => {
+                assert_eq!(p, &path);
+                assert!(detail.contains("2 change index rows"), "{detail}");
+            }
+            other => panic!("expected Damaged, got {other:?}"),
+        }
     }
 
     #[test]
