@@ -278,6 +278,21 @@ pub enum StoreError {
         /// The format version this build reads and writes.
         expected: u64,
     },
+    /// The on-disk store file is damaged (truncated, overwritten, failing redb's
+    /// checksums, or holding records that do not decode). Nothing was changed to hide
+    /// it: the operator moves the file aside ([`crate::store::move_aside`]) and the
+    /// node starts empty and refills from the network.
+    #[error(
+        "{}: the item store is damaged ({detail}); move it aside to start empty and \
+         rebuild from the network (dht-node run --repair-store does this)",
+        path.display()
+    )]
+    Damaged {
+        /// The database file.
+        path: std::path::PathBuf,
+        /// What was found wrong.
+        detail: String,
+    },
     /// The store was closed.
     #[error("store is closed")]
     Closed,

@@ -16,7 +16,7 @@ mod redb_store;
 use std::sync::Arc;
 
 pub use memory::MemoryStore;
-pub use redb_store::{RedbStore, FORMAT_VERSION as REDB_FORMAT_VERSION};
+pub use redb_store::{move_aside, RedbStore, FORMAT_VERSION as REDB_FORMAT_VERSION};
 
 use crate::error::{Rejection, StoreError};
 use crate::item::Target;

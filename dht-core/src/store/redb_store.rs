@@ -10,8 +10,17 @@
 //! on-disk format version ([`FORMAT_VERSION`]). A store written in another format
 //! (format 1 had no version marker and items without a signed expiry) is refused on
 //! open with [`StoreError::IncompatibleFormat`], never misread.
+//!
+//! Damage: [`RedbStore::open`] verifies the whole store before using it (redb's
+//! integrity check, then every record and index row decoded once) and refuses a
+//! damaged file (truncated, 0 bytes, overwritten pages or header) with
+//! [`StoreError::Damaged`] naming it. redb 2.x panics on some damaged files instead of
+//! returning an error; those panics are contained (see [`contain`]) here and on every
+//! later read or write, so damage is an error, never a crash. A 0-byte file is damage,
+//! not a new store: a store is created only where no file exists. [`move_aside`]
+//! renames a damaged file so that the next open starts empty.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -118,8 +127,189 @@ fn parse_expiry_key(k: &[u8]) -> Result<(u64, Target), StoreError> {
     Ok((exp, target))
 }
 
-fn db_err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Database(e.to_string())
+/// A redb failure as a [`StoreError`]. What says the file is damaged (redb's
+/// `Corrupted`, or an I/O error of kind `InvalidData` / `UnexpectedEof`: not a redb
+/// file, or one that ends early) is [`StoreError::Damaged`] with an empty path, which
+/// [`at_path`] fills in where the error leaves the store; anything else (the file is
+/// locked by another process, permissions, a full disk) is [`StoreError::Database`].
+fn db_err(e: impl Into<redb::Error>) -> StoreError {
+    let e: redb::Error = e.into();
+    match &e {
+        redb::Error::Corrupted(_) => damaged(format!("redb: {e}")),
+        redb::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => damaged(format!(
+            "redb: {e}: its header or a page is not valid redb data"
+        )),
+        redb::Error::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            damaged(format!("redb: {e}: the file ends early"))
+        }
+        _ => StoreError::Database(e.to_string()),
+    }
+}
+
+/// [`StoreError::Damaged`] with the path still to be filled in by [`at_path`].
+fn damaged(detail: impl Into<String>) -> StoreError {
+    StoreError::Damaged {
+        path: PathBuf::new(),
+        detail: detail.into(),
+    }
+}
+
+/// Names `path` in a [`StoreError::Damaged`] made without one (see [`db_err`]).
+fn at_path(path: &Path) -> impl Fn(StoreError) -> StoreError + '_ {
+    move |e| match e {
+        StoreError::Damaged { path: p, detail } if p.as_os_str().is_empty() => {
+            StoreError::Damaged {
+                path: path.to_path_buf(),
+                detail,
+            }
+        }
+        other => other,
+    }
+}
+
+/// Runs `f`, which works on the database at `path`, containing a panic.
+///
+/// Why: redb 2.x trusts its file. On a truncated file it fails an `assert!` while
+/// opening (`TransactionalMemory::new`: file shorter than its recorded layout), and on
+/// garbage pages it reaches `unreachable!()` while walking a B-tree
+/// (`RangeIterState::next`): there is no error path to ask for, so the panic is caught
+/// here and reported as [`StoreError::Damaged`]. A panic inside redb while reading is
+/// taken as damage: redb panics on page contents it did not write. The default panic
+/// hook still prints redb's message to stderr before the error is returned.
+///
+/// Unwind safety: whatever `f` creates (a `Database` while opening, transactions,
+/// tables) is dropped during the unwind, inside this call, so nothing half-initialised
+/// escapes; redb's shared state, if poisoned, reports `LockPoisoned` errors afterwards
+/// rather than wrong data.
+fn contain<R>(path: &Path, f: impl FnOnce() -> Result<R, StoreError>) -> Result<R, StoreError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r.map_err(at_path(path)),
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".to_owned());
+            Err(StoreError::Damaged {
+                path: path.to_path_buf(),
+                detail: format!("redb panicked on its contents: {msg}"),
+            })
+        }
+    }
+}
+
+/// Smallest possible store file: redb 2.x writes whole 4 KiB pages, and even an empty
+/// database spans many. An existing file shorter than this (0 bytes included) is a
+/// damaged store, never a new one.
+const MIN_FILE_LEN: u64 = 4096;
+
+/// Opens the database at `path` and verifies it (see [`RedbStore::open`]); `existing`
+/// says whether the file existed. Runs inside [`contain`].
+fn open_verified(path: &Path, existing: bool) -> Result<Database, StoreError> {
+    let mut builder = redb::Builder::new();
+    builder.set_cache_size(REDB_CACHE_BYTES);
+    // `open`, never `create`, for an existing file: `create` initialises an empty file.
+    let mut db = if existing {
+        builder.open(path)
+    } else {
+        builder.create(path)
+    }
+    .map_err(db_err)?;
+    if existing && !db.check_integrity().map_err(db_err)? {
+        // Open already recovered from any crash, so a failed check right after it is
+        // damage. redb has repaired what it could in place; a rolled-back commit would
+        // lose items silently, so the store is refused rather than used.
+        return Err(damaged(
+            "redb's integrity check failed; redb repaired its bookkeeping in place, \
+             committed items may be missing",
+        ));
+    }
+    let txn = db.begin_write().map_err(db_err)?;
+    {
+        let mut t = RedbTxn::open(&txn)?;
+        t.check_format(path)?;
+    }
+    txn.commit().map_err(db_err)?;
+    verify_entries(&db)?;
+    Ok(db)
+}
+
+/// Reads every row of every table once: each item is decoded with [`decode_entry`]
+/// and must sit under its own target, index keys must parse, and the item count, both
+/// indices and the `items` counter must agree. Damage is [`StoreError::Damaged`].
+fn verify_entries(db: &Database) -> Result<(), StoreError> {
+    let txn = db.begin_read().map_err(db_err)?;
+    let mut items = 0u64;
+    for row in txn
+        .open_table(ITEMS)
+        .map_err(db_err)?
+        .iter()
+        .map_err(db_err)?
+    {
+        let (k, v) = row.map_err(db_err)?;
+        let e = decode_entry(v.value()).map_err(|e| {
+            damaged(format!(
+                "the record at {} does not decode: {e}",
+                hex::encode(k.value())
+            ))
+        })?;
+        if e.stored.item.target().as_bytes()[..] != *k.value() {
+            return Err(damaged(format!(
+                "the record at {} holds the item of another target",
+                hex::encode(k.value())
+            )));
+        }
+        items += 1;
+    }
+    let mut by_change = 0u64;
+    for row in txn
+        .open_table(BY_CHANGE)
+        .map_err(db_err)?
+        .iter()
+        .map_err(db_err)?
+    {
+        let (_, t) = row.map_err(db_err)?;
+        Target::from_slice(t.value())
+            .ok_or_else(|| damaged("a change index row does not hold a target"))?;
+        by_change += 1;
+    }
+    let mut by_expiry = 0u64;
+    for (def, counts) in [(BY_EXPIRY, true), (EVICTABLE, false)] {
+        for row in txn
+            .open_table(def)
+            .map_err(db_err)?
+            .iter()
+            .map_err(db_err)?
+        {
+            let (k, _) = row.map_err(db_err)?;
+            parse_expiry_key(k.value())
+                .map_err(|_| damaged("an expiry index key does not parse"))?;
+            by_expiry += u64::from(counts);
+        }
+    }
+    for row in txn
+        .open_table(SIGNERS)
+        .map_err(db_err)?
+        .iter()
+        .map_err(db_err)?
+    {
+        row.map_err(db_err)?;
+    }
+    let meta = txn.open_table(META).map_err(db_err)?;
+    for row in meta.iter().map_err(db_err)? {
+        row.map_err(db_err)?;
+    }
+    let counted = meta
+        .get(META_ITEMS)
+        .map_err(db_err)?
+        .map_or(0, |v| v.value());
+    if by_change != items || by_expiry != items || counted != items {
+        return Err(damaged(format!(
+            "{items} items, but {by_change} change index rows, {by_expiry} expiry index \
+             rows and an item counter of {counted}"
+        )));
+    }
+    Ok(())
 }
 
 type BatchReply = Result<Vec<Result<PutOutcome, Rejection>>, StoreError>;
@@ -132,6 +322,8 @@ struct WriteRequest {
 /// A [`RecordStore`] on disk (redb), with group commit.
 pub struct RedbStore {
     db: Arc<Database>,
+    /// The database file, named in [`StoreError::Damaged`].
+    path: PathBuf,
     config: StoreConfig,
     writer: Mutex<Option<Sender<WriteRequest>>>,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
@@ -140,6 +332,7 @@ pub struct RedbStore {
 impl std::fmt::Debug for RedbStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedbStore")
+            .field("path", &self.path)
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
@@ -151,33 +344,52 @@ impl std::fmt::Debug for RedbStore {
 pub const REDB_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 impl RedbStore {
-    /// Opens (creating if needed) the store at `path`, with a page cache of
-    /// [`REDB_CACHE_BYTES`]. A store written in another on-disk format is
-    /// [`StoreError::IncompatibleFormat`].
+    /// Opens the store at `path`, creating it only if the file does not exist, with a
+    /// page cache of [`REDB_CACHE_BYTES`], and verifies it before it is used.
+    ///
+    /// Errors: a store written in another on-disk format is
+    /// [`StoreError::IncompatibleFormat`]; a damaged file (0 bytes or shorter than a
+    /// store can be, truncated, overwritten pages, a bad header, records that do not
+    /// decode) is [`StoreError::Damaged`] naming `path`, never a panic and never a
+    /// silently empty store ([`move_aside`] clears the way for a new one); other
+    /// failures (file locked by another process, permissions) are
+    /// [`StoreError::Database`].
+    ///
+    /// Cost: opening an existing store reads all of it twice, once for redb's
+    /// `check_integrity` (every page's checksum) and once to decode every record and
+    /// index row; time and I/O grow linearly with the file (roughly the time to read
+    /// the file twice, plus one SHA-256 per item). Opening also writes: redb marks the
+    /// file open, and its integrity check repairs redb's own bookkeeping in place.
     pub fn open(path: impl AsRef<Path>, config: StoreConfig) -> Result<Self, StoreError> {
         let path = path.as_ref();
-        let db = redb::Builder::new()
-            .set_cache_size(REDB_CACHE_BYTES)
-            .create(path)
-            .map_err(db_err)?;
-        let txn = db.begin_write().map_err(db_err)?;
-        {
-            let mut t = RedbTxn::open(&txn)?;
-            t.check_format(path)?;
-        }
-        txn.commit().map_err(db_err)?;
-        let db = Arc::new(db);
+        let existing = match std::fs::metadata(path) {
+            Ok(m) if m.len() < MIN_FILE_LEN => {
+                return Err(StoreError::Damaged {
+                    path: path.to_path_buf(),
+                    detail: format!(
+                        "the file is {} bytes, shorter than any store ({MIN_FILE_LEN} bytes)",
+                        m.len()
+                    ),
+                })
+            }
+            Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(StoreError::Database(format!("{}: {e}", path.display()))),
+        };
+        let db = Arc::new(contain(path, || open_verified(path, existing))?);
         let (tx, rx) = mpsc::channel();
         let thread = {
             let db = db.clone();
             let config = config.clone();
+            let path = path.to_path_buf();
             std::thread::Builder::new()
                 .name("redb-writer".into())
-                .spawn(move || writer_loop(&db, &config, rx))
-                .map_err(db_err)?
+                .spawn(move || writer_loop(&db, &config, &path, rx))
+                .map_err(|e| StoreError::Database(format!("starting the writer thread: {e}")))?
         };
         Ok(RedbStore {
             db,
+            path: path.to_path_buf(),
             config,
             writer: Mutex::new(Some(tx)),
             writer_thread: Mutex::new(Some(thread)),
@@ -192,8 +404,10 @@ impl RedbStore {
         &self,
         f: impl FnOnce(&redb::ReadTransaction) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        f(&txn)
+        contain(&self.path, || {
+            let txn = self.db.begin_read().map_err(db_err)?;
+            f(&txn)
+        })
     }
 
     /// Stops the writer thread after it finished what is queued.
@@ -205,13 +419,52 @@ impl RedbStore {
     }
 }
 
+/// Moves a (damaged) store file aside: renames `path` to `<name>.damaged-<unix seconds>`
+/// in the same directory, adding `-1`, `-2`, ... when that name is taken, and returns
+/// the new path. Nothing is deleted or overwritten; a later [`RedbStore::open`] of
+/// `path` creates a new, empty store.
+pub fn move_aside(path: &Path) -> std::io::Result<PathBuf> {
+    // Fail early (NotFound) rather than invent a name for nothing.
+    std::fs::symlink_metadata(path)?;
+    let name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{}: not a file name", path.display()),
+        )
+    })?;
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let base = format!("{}.damaged-{secs}", name.to_string_lossy());
+    for n in 0u32.. {
+        let candidate = if n == 0 {
+            path.with_file_name(&base)
+        } else {
+            path.with_file_name(format!("{base}-{n}"))
+        };
+        // Never replace an existing file (rename would). Checking first leaves a race
+        // only with someone creating that very name at the same moment.
+        match std::fs::symlink_metadata(&candidate) {
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::rename(path, &candidate)?;
+                return Ok(candidate);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other(
+        "no free name to move the store aside",
+    ))
+}
+
 impl Drop for RedbStore {
     fn drop(&mut self) {
         self.close();
     }
 }
 
-fn writer_loop(db: &Database, config: &StoreConfig, rx: Receiver<WriteRequest>) {
+fn writer_loop(db: &Database, config: &StoreConfig, path: &Path, rx: Receiver<WriteRequest>) {
     while let Ok(first) = rx.recv() {
         let mut queued = first.items.len();
         let mut batch = vec![first];
@@ -231,7 +484,7 @@ fn writer_loop(db: &Database, config: &StoreConfig, rx: Receiver<WriteRequest>) 
             replies.push(req.reply);
             work.push(req.items);
         }
-        match commit_group(db, config, work, now) {
+        match contain(path, || commit_group(db, config, work, now)) {
             Ok(results) => {
                 for (reply, r) in replies.into_iter().zip(results) {
                     let _ = reply.send(Ok(r));
@@ -530,13 +783,15 @@ impl RecordStore for RedbStore {
 
     fn sweep_expired(&self, limit: usize) -> Result<usize, StoreError> {
         let now = self.now();
-        let txn = self.db.begin_write().map_err(db_err)?;
-        let removed = {
-            let mut t = RedbTxn::open(&txn)?;
-            apply_sweep(&mut t, now, limit)?
-        };
-        txn.commit().map_err(db_err)?;
-        Ok(removed)
+        contain(&self.path, || {
+            let txn = self.db.begin_write().map_err(db_err)?;
+            let removed = {
+                let mut t = RedbTxn::open(&txn)?;
+                apply_sweep(&mut t, now, limit)?
+            };
+            txn.commit().map_err(db_err)?;
+            Ok(removed)
+        })
     }
 
     fn stats(&self) -> Result<StoreStats, StoreError> {
@@ -610,6 +865,66 @@ mod tests {
             RedbStore::open(&path, StoreConfig::default()),
             Err(StoreError::IncompatibleFormat { found: None, .. })
         ));
+    }
+
+    /// A store of one item, closed; returns its path.
+    fn one_item_store(dir: &Path) -> PathBuf {
+        let path = dir.join("items.redb");
+        let store = RedbStore::open(&path, StoreConfig::default()).unwrap();
+        let key = SigningKey::generate_ed25519();
+        let item = MutableItem::sign(&key, key.public_key(), "tp", 1, "v");
+        let verified = crate::Validator::default().validate(item).unwrap();
+        store.put(verified, PutOptions::default()).unwrap();
+        drop(store);
+        path
+    }
+
+    /// Damage redb's checksums cannot see (the rows are well-formed redb data) is found
+    /// by decoding every record on open.
+    #[test]
+    fn a_record_that_does_not_decode_is_damage_found_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = one_item_store(dir.path());
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(ITEMS)
+                .unwrap()
+                .insert(&[7u8; 32][..], &b"\xff\xff not a record"[..])
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let err = RedbStore::open(&path, StoreConfig::default()).unwrap_err();
+        match &err {
+            StoreError::Damaged { path: p, detail } => {
+                assert_eq!(p, &path);
+                assert!(detail.contains("does not decode"), "{detail}");
+            }
+            other => panic!("expected Damaged, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_index_that_disagrees_with_the_items_is_damage_found_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = one_item_store(dir.path());
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(BY_CHANGE)
+                .unwrap()
+                .insert(99, &[1u8; 32][..])
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let err = RedbStore::open(&path, StoreConfig::default()).unwrap_err();
+        match &err {
+            StoreError::Damaged { path: p, detail } => {
+                assert_eq!(p, &path);
+                assert!(detail.contains("2 change index rows"), "{detail}");
+            }
+            other => panic!("expected Damaged, got {other:?}"),
+        }
     }
 
     #[test]
