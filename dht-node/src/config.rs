@@ -105,6 +105,9 @@ pub struct NodeConfig {
     pub ip_range_limit_loopback: bool,
     /// Also listen on QUIC (UDP) beside TCP.
     pub quic: bool,
+    /// Move a damaged or vanished item store aside and start empty (the node rebuilds
+    /// what it is responsible for from the network) instead of refusing to start.
+    pub repair_store: bool,
 }
 
 impl Default for NodeConfig {
@@ -139,6 +142,7 @@ impl Default for NodeConfig {
             max_peers_per_ip_range: Some(8),
             ip_range_limit_loopback: false,
             quic: true,
+            repair_store: false,
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod connections;
 pub mod error;
 pub mod events;
 mod get;
+pub mod http;
 pub mod inbound;
 mod liveness;
 pub mod maintenance;

@@ -146,6 +146,13 @@ struct RunArgs {
     /// identity, instead of the ed25519 key kept in the data directory.
     #[arg(long, env = "DHT_SKYWIRE_KEY")]
     skywire_key: Option<PathBuf>,
+    /// Serve GET /metrics (Prometheus) and GET /health on this address (off unless set).
+    #[arg(long, env = "DHT_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// Move a damaged or vanished item store aside and start empty; the node then
+    /// rebuilds what it is responsible for from the network.
+    #[arg(long)]
+    repair_store: bool,
 }
 
 /// The TOML configuration file of `dht-node run`.
@@ -166,6 +173,7 @@ struct FileConfig {
     replication: Option<usize>,
     republish_interval_secs: Option<u64>,
     max_connected_peers: Option<usize>,
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[tokio::main]
@@ -365,7 +373,8 @@ fn parse_addrs(list: &[String], what: &str) -> Result<Vec<Multiaddr>> {
         .collect()
 }
 
-fn build_config(args: &RunArgs) -> Result<NodeConfig> {
+/// The node configuration and the metrics address, from the file, environment and flags.
+fn build_config(args: &RunArgs) -> Result<(NodeConfig, Option<std::net::SocketAddr>)> {
     let file: FileConfig = match &args.config {
         Some(p) => {
             let text =
@@ -436,11 +445,12 @@ fn build_config(args: &RunArgs) -> Result<NodeConfig> {
         }
         config.max_connected_peers = n;
     }
-    Ok(config)
+    config.repair_store = args.repair_store;
+    Ok((config, args.metrics_listen.or(file.metrics_listen)))
 }
 
 async fn run(args: RunArgs) -> Result<()> {
-    let config = build_config(&args)?;
+    let (config, metrics_listen) = build_config(&args)?;
     let bootstrap_given = !config.bootstrap.is_empty();
     let mut builder = Node::builder().config(config);
     if let Some(path) = &args.skywire_key {
@@ -453,6 +463,18 @@ async fn run(args: RunArgs) -> Result<()> {
     let node = builder.build().await?;
     let mut events = node.subscribe();
     eprintln!("peer id: {}", node.peer_id());
+    if let Some(addr) = metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics endpoint to {addr}"))?;
+        eprintln!("metrics: http://{}/metrics", listener.local_addr()?);
+        let node = node.clone();
+        tokio::spawn(async move {
+            if let Err(e) = dht_node::http::serve(node, listener).await {
+                eprintln!("metrics endpoint stopped: {e}");
+            }
+        });
+    }
     for a in node.listen_addrs() {
         eprintln!("listening: {a}/p2p/{}", node.peer_id());
     }
@@ -464,6 +486,7 @@ async fn run(args: RunArgs) -> Result<()> {
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
+            _ = terminated() => break,
             _ = progress.tick() => {
                 let n = node.routing_table().len();
                 if n != last {
@@ -481,6 +504,21 @@ async fn run(args: RunArgs) -> Result<()> {
     eprintln!("shutting down");
     node.shutdown().await;
     Ok(())
+}
+
+/// Resolves when the process gets SIGTERM (systemd, docker and Kubernetes stop with it).
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    }
+    #[cfg(not(unix))]
+    std::future::pending::<()>().await
 }
 
 async fn testnet(nodes: usize, on_disk: bool, join: Option<Multiaddr>) -> Result<()> {

@@ -27,6 +27,13 @@ pub struct RequestLabels {
     pub kind: String,
 }
 
+/// Labels of traffic counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrafficLabels {
+    /// "in" or "out".
+    pub direction: String,
+}
+
 /// Labels of gets.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GetLabels {
@@ -78,6 +85,9 @@ pub struct Metrics {
     pub equivocations: Counter,
     /// Items copied to a peer that became responsible after another was declared dead.
     pub items_rereplicated: Counter,
+    /// Bytes of item-protocol frames read and written (length prefix included; frames
+    /// refused from their prefix count the bytes skipped).
+    pub item_protocol_bytes: Family<TrafficLabels, Counter>,
     registry: Mutex<Registry>,
 }
 
@@ -115,10 +125,16 @@ impl Metrics {
             puts_without_majority: Counter::default(),
             equivocations: Counter::default(),
             items_rereplicated: Counter::default(),
+            item_protocol_bytes: Family::default(),
             registry: Mutex::new(Registry::with_prefix("dht")),
         };
         {
             let mut r = m.registry.lock();
+            r.register(
+                "item_protocol_bytes",
+                "Bytes of item-protocol frames by direction",
+                m.item_protocol_bytes.clone(),
+            );
             r.register(
                 "peers_suspected",
                 "Peers suspected after a failed dial or request",

@@ -222,6 +222,7 @@ impl Shared {
 pub fn build_swarm(
     keypair: identity::Keypair,
     config: &NodeConfig,
+    metrics: &crate::metrics::Metrics,
 ) -> Result<Swarm<Behaviour>, NodeError> {
     let local_id = keypair.public().to_peer_id();
     let mut kad_config = kad::Config::new(KAD_PROTOCOL);
@@ -238,6 +239,7 @@ pub fn build_swarm(
         .set_record_filtering(kad::StoreInserts::FilterBoth)
         .set_periodic_bootstrap_interval(Some(Duration::from_secs(5 * 60)));
     let max_message_len = config.max_message_len();
+    let traffic = metrics.item_protocol_bytes.clone();
     let mode = config.mode;
     let idle = config.idle_connection_timeout;
     let request_timeout = config.request_timeout;
@@ -257,7 +259,7 @@ pub fn build_swarm(
             NodeMode::Client => ProtocolSupport::Outbound,
         };
         let items = request_response::Behaviour::with_codec(
-            ItemCodec::new(max_message_len),
+            ItemCodec::new(max_message_len, &traffic),
             [(ITEM_PROTOCOL, support)],
             request_response::Config::default()
                 .with_request_timeout(request_timeout)

@@ -133,8 +133,18 @@ impl NodeBuilder {
 pub fn load_or_create_keypair(dir: &Path) -> Result<identity::Keypair, NodeError> {
     let path = dir.join(KEY_FILE);
     match std::fs::read(&path) {
-        Ok(bytes) => identity::Keypair::from_protobuf_encoding(&bytes)
-            .map_err(|e| NodeError::Config(format!("{}: not a node key: {e}", path.display()))),
+        Ok(bytes) if bytes.is_empty() => Err(NodeError::Config(format!(
+            "{}: the node key file is empty; restore it from a backup to keep this node's \
+             peer id, or delete it to start under a new one",
+            path.display()
+        ))),
+        Ok(bytes) => identity::Keypair::from_protobuf_encoding(&bytes).map_err(|_| {
+            NodeError::Config(format!(
+                "{}: not a node key (damaged, or not written by dht-node); restore it from a \
+                 backup to keep this node's peer id, or delete it to start under a new one",
+                path.display()
+            ))
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let k = identity::Keypair::generate_ed25519();
             let bytes = k
@@ -149,6 +159,50 @@ pub fn load_or_create_keypair(dir: &Path) -> Result<identity::Keypair, NodeError
             Ok(k)
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Refuses to start on a store that vanished or is damaged (its items would be lost
+/// without a word), unless `repair` asks to move it aside and start empty: the node
+/// then rebuilds what it is responsible for from the network (catch-up, hand-off).
+fn check_store_file(dir: &Path, repair: bool) -> Result<(), NodeError> {
+    let path = dir.join(STORE_FILE);
+    let had_store = dir.join(EPOCH_FILE).exists();
+    if !path.exists() {
+        if had_store && !repair {
+            return Err(NodeError::Store(dht_core::StoreError::Damaged {
+                path,
+                detail: "the file is missing, though this data directory held a store".into(),
+            }));
+        }
+        if had_store {
+            warn!(path = %path.display(), "item store missing: starting empty (repair)");
+            std::fs::remove_file(dir.join(EPOCH_FILE))?;
+        }
+        return Ok(());
+    }
+    if !repair {
+        return Ok(());
+    }
+    // Open it once to find out; a damaged one is moved aside.
+    let probe = RedbStore::open(&path, StoreConfig::default());
+    match probe {
+        Err(dht_core::StoreError::Damaged { detail, .. }) => {
+            let aside = dht_core::store::move_aside(&path)?;
+            warn!(
+                path = %path.display(),
+                moved_to = %aside.display(),
+                %detail,
+                "damaged item store moved aside: starting empty and rebuilding from the network"
+            );
+            let _ = std::fs::remove_file(dir.join(EPOCH_FILE));
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+        Ok(store) => {
+            drop(store);
+            Ok(())
+        }
     }
 }
 
@@ -203,6 +257,9 @@ impl Node {
         };
         let peer_id = keypair.public().to_peer_id();
         let validator = Validator::new(config.policy.clone());
+        if let (Some(dir), NodeMode::Full) = (&config.data_dir, config.mode) {
+            check_store_file(dir, config.repair_store)?;
+        }
         let epoch = match &config.data_dir {
             Some(dir) => store_epoch(dir)?,
             None => rand::random(),
@@ -223,7 +280,8 @@ impl Node {
             }
         };
 
-        let mut swarm = build_swarm(keypair, &config)?;
+        let metrics = Metrics::new();
+        let mut swarm = build_swarm(keypair, &config, &metrics)?;
         let mut listeners = HashSet::new();
         for addr in &config.listen {
             let id = swarm
@@ -260,7 +318,7 @@ impl Node {
         let shared = Arc::new(Shared {
             view: Default::default(),
             events,
-            metrics: Metrics::new(),
+            metrics,
             liveness: crate::liveness::Liveness::new(config.dead_after, FORGET_DEAD_AFTER),
             // A client has nothing to catch up; a full node reads from others until its
             // catch-up finished.

@@ -12,7 +12,11 @@ use dht_core::wire::{DecodeLimits, EnvelopeProto, ItemProto};
 use dht_core::{Admission, Cas, MutableItem, PutOptions, ReasonCode, Target};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prost::Message;
+
+use crate::metrics::TrafficLabels;
 
 /// The kad protocol name of this DHT (never the IPFS one).
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/skywire-dht/kad/1.0.0");
@@ -336,14 +340,33 @@ pub struct ItemCodec {
     pub max_message_len: usize,
     /// Bytes of inbound bodies being buffered, over every stream of the node.
     pub inbound_budget: std::sync::Arc<tokio::sync::Semaphore>,
+    traffic: Traffic,
+}
+
+/// Byte counters of the codec.
+#[derive(Debug, Clone, Default)]
+struct Traffic {
+    inbound: Counter,
+    outbound: Counter,
 }
 
 impl ItemCodec {
-    /// A codec with its own inbound budget.
-    pub fn new(max_message_len: usize) -> Self {
+    /// A codec with its own inbound budget, counting its bytes in `traffic`.
+    pub fn new(max_message_len: usize, traffic: &Family<TrafficLabels, Counter>) -> Self {
+        let get = |d: &str| {
+            traffic
+                .get_or_create(&TrafficLabels {
+                    direction: d.into(),
+                })
+                .clone()
+        };
         ItemCodec {
             max_message_len,
             inbound_budget: std::sync::Arc::new(tokio::sync::Semaphore::new(INBOUND_BUFFER_BUDGET)),
+            traffic: Traffic {
+                inbound: get("in"),
+                outbound: get("out"),
+            },
         }
     }
 }
@@ -427,11 +450,17 @@ impl libp2p::request_response::Codec for ItemCodec {
         T: AsyncRead + Unpin + Send,
     {
         match read_frame(io, self.max_message_len, Some(&self.inbound_budget)).await? {
-            Frame::Body(b) => decode(&b).map(ItemRequest::Message),
-            Frame::Oversized(len) => Ok(ItemRequest::Oversized {
-                len,
-                limit: self.max_message_len,
-            }),
+            Frame::Body(b) => {
+                self.traffic.inbound.inc_by(4 + b.len() as u64);
+                decode(&b).map(ItemRequest::Message)
+            }
+            Frame::Oversized(len) => {
+                self.traffic.inbound.inc_by(4 + len as u64);
+                Ok(ItemRequest::Oversized {
+                    len,
+                    limit: self.max_message_len,
+                })
+            }
         }
     }
 
@@ -444,7 +473,10 @@ impl libp2p::request_response::Codec for ItemCodec {
         T: AsyncRead + Unpin + Send,
     {
         match read_frame(io, self.max_message_len, None).await? {
-            Frame::Body(b) => decode(&b),
+            Frame::Body(b) => {
+                self.traffic.inbound.inc_by(4 + b.len() as u64);
+                decode(&b)
+            }
             Frame::Oversized(len) => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("response of {len} bytes exceeds the limit"),
@@ -463,7 +495,9 @@ impl libp2p::request_response::Codec for ItemCodec {
     {
         match req {
             ItemRequest::Message(m) => {
-                write_frame(io, m.encode_to_vec(), self.max_message_len).await
+                let bytes = m.encode_to_vec();
+                self.traffic.outbound.inc_by(4 + bytes.len() as u64);
+                write_frame(io, bytes, self.max_message_len).await
             }
             ItemRequest::Oversized { .. } => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -481,7 +515,9 @@ impl libp2p::request_response::Codec for ItemCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, res.encode_to_vec(), self.max_message_len).await
+        let bytes = res.encode_to_vec();
+        self.traffic.outbound.inc_by(4 + bytes.len() as u64);
+        write_frame(io, bytes, self.max_message_len).await
     }
 }
 
