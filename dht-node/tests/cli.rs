@@ -238,3 +238,83 @@ fn bad_input_gets_a_clear_message_and_a_non_zero_exit() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid configuration"));
 }
+
+/// A plain HTTP/1.1 GET on loopback; returns the body.
+fn http_get(url: &str) -> String {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest.split_once('/').expect("path");
+    let mut s = std::net::TcpStream::connect(host).expect("connect");
+    write!(
+        s,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").expect("response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+#[test]
+fn run_serves_metrics_and_health_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut metrics = None;
+    let started = Instant::now();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(u) = line.strip_prefix("metrics: ") {
+            metrics = Some(u.to_string());
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no metrics address"
+        );
+    }
+    let url = metrics.expect("metrics address printed");
+    let text = http_get(&url);
+    for name in [
+        "dht_routing_table_peers",
+        "dht_rate_limited_total",
+        "dht_equivocations_total",
+        "dht_item_protocol_bytes_total",
+        "dht_peers_suspected_total",
+    ] {
+        assert!(text.contains(name), "{name} missing from:\n{text}");
+    }
+    let health: serde_json::Value =
+        serde_json::from_str(&http_get(&url.replace("/metrics", "/health"))).unwrap();
+    assert_eq!(health["status"], "ok");
+    assert!(health["peer_id"]
+        .as_str()
+        .is_some_and(|p| p.starts_with("12D3")));
+
+    // SIGTERM (systemctl stop, docker stop): a clean shutdown and exit 0.
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit {status:?}: {rest:?}");
+    assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
+}
