@@ -40,6 +40,54 @@ pub struct FaultFigures {
     pub restart_stale: usize,
     pub restart_lists: usize,
     pub repost_expiry_moved_ms: i64,
+    /// What else ran: "idle" or the load added.
+    pub condition: String,
+    /// 1-minute load average when the run started.
+    pub load_at_start: f64,
+}
+
+/// Threads spinning on every core until dropped: a busy, shared machine.
+pub struct Hog {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Hog {
+    /// Starts `n` spinning threads.
+    pub fn start(n: usize) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..n)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut x = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        for i in 0..10_000u64 {
+                            x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+                        }
+                        std::hint::black_box(x);
+                    }
+                })
+            })
+            .collect();
+        Hog { stop, threads }
+    }
+}
+
+impl Drop for Hog {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// A sidecar process and what it printed.
@@ -388,9 +436,18 @@ async fn repost_expiry() -> anyhow::Result<i64> {
         .unwrap_or(0))
 }
 
-/// Runs every fault measurement (smaller with `quick`).
-pub async fn run(sidecar_bin: &Path, quick: bool) -> anyhow::Result<FaultFigures> {
+/// Runs every fault measurement (smaller with `quick`); with `busy`, while a thread
+/// spins on every core.
+pub async fn run(sidecar_bin: &Path, quick: bool, busy: bool) -> anyhow::Result<FaultFigures> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let _hog = busy.then(|| Hog::start(cores));
     let mut f = FaultFigures {
+        condition: if busy {
+            format!("busy: {cores} threads spinning beside it")
+        } else {
+            "idle".into()
+        },
+        load_at_start: load_average(),
         push_ops: if quick { 20 } else { 200 },
         heal_nodes: 24,
         heal_targets: if quick { 10 } else { 50 },
@@ -419,8 +476,20 @@ pub async fn run(sidecar_bin: &Path, quick: bool) -> anyhow::Result<FaultFigures
     Ok(f)
 }
 
-/// The "Faults" section.
-pub fn markdown(f: &FaultFigures) -> String {
+/// The "Faults" section: one table per run (idle, busy).
+pub fn markdown(runs: &[FaultFigures]) -> String {
+    let mut out = String::from(
+        "### Faults\n\nReal processes and real sockets on 127.0.0.1; latencies in ms. \
+         The same measurements on an idle machine and on a busy one (a thread spinning on \
+         every core, as on a shared server).\n",
+    );
+    for f in runs {
+        out.push_str(&table(f));
+    }
+    out
+}
+
+fn table(f: &FaultFigures) -> String {
     let secs = |v: Option<f64>| v.map_or("did not finish".to_string(), |s| format!("{s:.1} s"));
     let ratio = if f.push_all_up.p99 > 0.0 {
         f.push_one_down.p99 / f.push_all_up.p99
@@ -428,8 +497,7 @@ pub fn markdown(f: &FaultFigures) -> String {
         0.0
     };
     format!(
-        "### Faults\n\n\
-         Real processes and real sockets on 127.0.0.1; latencies in ms.\n\n\
+        "\n#### {} (load average {:.2} at the start)\n\n\
          | fault | figure | measured | goal |\n|---|---|---|---|\n\
          | push API, 5 `dht-sidecar`s, all up ({} pushes) | p50 / p99 | {:.1} / {:.1} | |\n\
          | push API, one of the 5 SIGKILLed ({} pushes) | p50 / p99 | {:.1} / {:.1} | p99 <= 2x all-up and <= 500 ms |\n\
@@ -439,6 +507,8 @@ pub fn markdown(f: &FaultFigures) -> String {
          | {} of {} nodes stopped at once, {} items | every replica slot filled on the live nodes | {} | <= 30 s |\n\
          | node restarted after its {} lists were deleted | stale lists served in {} reads | {} | 0 |\n\
          | a third party re-posts a published item | stored expiry moved | {} ms | 0 |\n",
+        f.condition,
+        f.load_at_start,
         f.push_ops,
         f.push_all_up.p50,
         f.push_all_up.p99,

@@ -427,8 +427,11 @@ async fn main() -> anyhow::Result<()> {
             .dht_sidecar
             .clone()
             .unwrap_or_else(|| bin.with_file_name("dht-sidecar"));
-        let f = faults::run(&sidecar, args.quick).await?;
-        eprintln!("{f:?}");
+        let mut runs = vec![faults::run(&sidecar, args.quick, false).await?];
+        if !args.quick {
+            runs.push(faults::run(&sidecar, args.quick, true).await?);
+        }
+        eprintln!("{runs:?}");
         let md = format!(
             "Machine: {cores} cores, {}.\n{}",
             mem_total
@@ -436,7 +439,7 @@ async fn main() -> anyhow::Result<()> {
                 .split_whitespace()
                 .collect::<Vec<_>>()
                 .join(" "),
-            faults::markdown(&f)
+            faults::markdown(&runs)
         );
         write_report(&args.out, &md, FAULTS_START, FAULTS_END)?;
         println!("{md}");
@@ -659,15 +662,6 @@ async fn main() -> anyhow::Result<()> {
         None
     };
     md.push_str(&memory::markdown(mem.as_ref(), catch.as_ref()));
-    if !args.no_faults {
-        let sidecar = args
-            .dht_sidecar
-            .clone()
-            .unwrap_or_else(|| bin.with_file_name("dht-sidecar"));
-        let f = faults::run(&sidecar, args.quick).await?;
-        eprintln!("{f:?}");
-        md.push_str(&faults::markdown(&f));
-    }
     if args.scale_nodes > 0 {
         eprintln!("== scale-out: {} nodes", args.scale_nodes);
         let s = scale::run(
