@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 mod faults;
+mod flood;
 mod hops;
 mod memory;
 mod scale;
@@ -74,6 +75,15 @@ struct Args {
     /// Run only the faults section (rewrites only its block of the report).
     #[arg(long)]
     only_faults: bool,
+    /// Seconds of each hostile-peer flood (0: skip that section).
+    #[arg(long, default_value_t = 8)]
+    flood_secs: u64,
+    /// Flood messages in flight.
+    #[arg(long, default_value_t = 64)]
+    flood_in_flight: usize,
+    /// Run only the hostile-peer section (rewrites only its block of the report).
+    #[arg(long)]
+    only_flood: bool,
     /// The `dht-sidecar` binary (default: beside this one).
     #[arg(long)]
     dht_sidecar: Option<std::path::PathBuf>,
@@ -371,6 +381,8 @@ const START: &str = "<!-- dht-bench:start -->";
 const END: &str = "<!-- dht-bench:end -->";
 const FAULTS_START: &str = "<!-- dht-bench:faults:start -->";
 const FAULTS_END: &str = "<!-- dht-bench:faults:end -->";
+const FLOOD_START: &str = "<!-- dht-bench:flood:start -->";
+const FLOOD_END: &str = "<!-- dht-bench:flood:end -->";
 
 /// Writes `md` to `path` between the markers `start` and `end`; appends the marked
 /// block if the file lacks them.
@@ -422,6 +434,19 @@ async fn main() -> anyhow::Result<()> {
             .and_then(|p| p.parent().map(|d| d.join("dht-node")))
             .unwrap_or_else(|| "dht-node".into())
     });
+    if args.flood_secs > 0 && !args.only_faults {
+        let secs = if args.quick { 2 } else { args.flood_secs };
+        let rows = flood::run(&bin, secs, args.flood_in_flight).await?;
+        let md = format!(
+            "Machine: {cores} cores.\n{}",
+            flood::markdown(&rows, secs, args.flood_in_flight)
+        );
+        write_report(&args.out, &md, FLOOD_START, FLOOD_END)?;
+        println!("{md}");
+    }
+    if args.only_flood {
+        return Ok(());
+    }
     if !args.no_faults {
         let sidecar = args
             .dht_sidecar

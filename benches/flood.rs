@@ -1,0 +1,332 @@
+//! Hostile peers: one peer floods a standalone `dht-node run` process with each of five
+//! kinds of traffic while an honest client reads from it and, in the same moments, from
+//! an unflooded control node (another `dht-node run` process). Reported per kind: the
+//! honest get p50 / p99 on both and their ratio, the flooded node's rate-limited count
+//! and its peak resident memory (and after the flood).
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use dht_core::{MutableItem, PutOptions, Signature, SigningKey, Target};
+use dht_node::protocol::{request_proto, GetRequestProto, RequestProto};
+use dht_node::{Node, NodeConfig, NodeMode, PeerId};
+use futures::StreamExt;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::memory::rss_mb;
+use crate::{pcts, Pcts};
+
+/// The kinds of flood.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Gets for random targets.
+    Gets,
+    /// Items whose signature does not verify.
+    BadSignatures,
+    /// Values of 1.5 MiB, over the 1 MiB limit.
+    OverLimitValues,
+    /// Frames of 5 MiB.
+    HugeFrames,
+    /// Valid items under fresh keys.
+    FreshKeys,
+}
+
+impl Kind {
+    /// Every kind, in the order measured.
+    pub const ALL: [Kind; 5] = [
+        Kind::Gets,
+        Kind::BadSignatures,
+        Kind::OverLimitValues,
+        Kind::HugeFrames,
+        Kind::FreshKeys,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Gets => "gets for random targets",
+            Kind::BadSignatures => "items with bad signatures",
+            Kind::OverLimitValues => "1.5 MiB values (over the 1 MiB limit)",
+            Kind::HugeFrames => "5 MiB frames",
+            Kind::FreshKeys => "valid puts under fresh keys",
+        }
+    }
+}
+
+/// What one flood did.
+#[derive(Debug, Clone)]
+pub struct FloodFigures {
+    pub kind: Kind,
+    pub per_second: f64,
+    pub flooded: Pcts,
+    pub control: Pcts,
+    pub rate_limited: u64,
+    pub peak_rss_mb: f64,
+    pub after_rss_mb: f64,
+    pub idle_rss_mb: f64,
+    pub stored_after: Option<u64>,
+}
+
+/// A `dht-node run` process.
+struct Standalone {
+    child: Child,
+    peer: PeerId,
+    addr: String,
+    metrics: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_node(bin: &Path) -> anyhow::Result<Standalone> {
+    let dir = tempfile::tempdir()?;
+    let mut child = Command::new(bin)
+        .args([
+            "run",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let mut lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
+    let (mut addr, mut metrics) = (None, None);
+    while let Some(line) = lines.next_line().await? {
+        if let Some(a) = line.strip_prefix("listening: ") {
+            addr = Some(a.to_string());
+        }
+        if let Some(m) = line.strip_prefix("metrics: ") {
+            metrics = Some(m.to_string());
+        }
+        if addr.is_some() && metrics.is_some() {
+            break;
+        }
+    }
+    // Keep draining stderr so the child never blocks on it.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let addr = addr.context("the node printed no address")?;
+    let peer = addr
+        .rsplit("/p2p/")
+        .next()
+        .context("peer id in the address")?
+        .parse()?;
+    Ok(Standalone {
+        child,
+        peer,
+        addr,
+        metrics: metrics.context("the node printed no metrics address")?,
+        _dir: dir,
+    })
+}
+
+/// A counter's value from a Prometheus text page (summed over labels).
+async fn counter(url: &str, name: &str) -> u64 {
+    let Ok(resp) = reqwest::get(url).await else {
+        return 0;
+    };
+    let Ok(text) = resp.text().await else {
+        return 0;
+    };
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+async fn client(bootstrap: &[&Standalone], max_value_len: usize) -> anyhow::Result<Node> {
+    let mut config = NodeConfig::local();
+    config.mode = NodeMode::Client;
+    config.policy.max_value_len = max_value_len;
+    config.bootstrap = bootstrap
+        .iter()
+        .map(|s| s.addr.parse())
+        .collect::<Result<_, _>>()?;
+    let node = Node::builder().config(config).build().await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.routing_table().len() < bootstrap.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(node)
+}
+
+fn get_request(target: Target) -> RequestProto {
+    RequestProto {
+        kind: Some(request_proto::Kind::Get(GetRequestProto {
+            target: Bytes::copy_from_slice(target.as_bytes()),
+        })),
+    }
+}
+
+/// One flood message of `kind`.
+async fn send_one(hostile: &Node, to: PeerId, kind: Kind, n: u64) {
+    let key = SigningKey::generate_ed25519();
+    match kind {
+        Kind::Gets => {
+            let mut t = [0u8; 32];
+            t[..8].copy_from_slice(&n.to_be_bytes());
+            let _ = hostile.request(to, get_request(Target(t))).await;
+        }
+        Kind::BadSignatures => {
+            let mut item = MutableItem::sign(&key, key.public_key(), "tp", 1, &b"[junk]"[..]);
+            item.signature = Signature::from_bytes(&[7u8; 64]).expect("64 bytes");
+            hostile.send_item_to(to, &item, PutOptions::default()).await;
+        }
+        Kind::OverLimitValues => {
+            let item = MutableItem::sign(&key, key.public_key(), "tp", 1, vec![1u8; 1536 * 1024]);
+            hostile.send_item_to(to, &item, PutOptions::default()).await;
+        }
+        Kind::HugeFrames => {
+            let item = MutableItem::sign(&key, key.public_key(), "tp", 1, vec![2u8; 5 * 1024 * 1024]);
+            hostile.send_item_to(to, &item, PutOptions::default()).await;
+        }
+        Kind::FreshKeys => {
+            let item = MutableItem::sign(&key, key.public_key(), "svc", 1, &b"[junk service]"[..]);
+            hostile.send_item_to(to, &item, PutOptions::default()).await;
+        }
+    }
+}
+
+/// Runs every flood for `secs` seconds each, `in_flight` messages at a time.
+pub async fn run(bin: &Path, secs: u64, in_flight: usize) -> anyhow::Result<Vec<FloodFigures>> {
+    let mut out = Vec::new();
+    for kind in Kind::ALL {
+        eprintln!("== flood: {}", kind.name());
+        // Fresh processes per kind, so one flood's after-effects do not colour the next.
+        let flooded = start_node(bin).await?;
+        let control = start_node(bin).await?;
+        let pid = flooded.child.id().context("pid")?;
+        let honest = client(&[&flooded, &control], 1024 * 1024).await?;
+        let hostile = client(&[&flooded], 8 * 1024 * 1024).await?;
+        // The honest reads: an item on each node.
+        let owner = SigningKey::generate_ed25519();
+        let item = MutableItem::sign(&owner, owner.public_key(), "svc", 1, vec![3u8; 900]);
+        for peer in [flooded.peer, control.peer] {
+            honest.send_item_to(peer, &item, PutOptions::default()).await;
+        }
+        let target = item.target();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let idle_rss = rss_mb(pid);
+
+        let stop = Instant::now() + Duration::from_secs(secs);
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let flood = {
+            let hostile = hostile.clone();
+            let sent = sent.clone();
+            let to = flooded.peer;
+            tokio::spawn(async move {
+                futures::stream::iter(0u64..)
+                    .take_while(|_| futures::future::ready(Instant::now() < stop))
+                    .for_each_concurrent(in_flight, |n| {
+                        let hostile = hostile.clone();
+                        let sent = sent.clone();
+                        async move {
+                            send_one(&hostile, to, kind, n).await;
+                            sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    })
+                    .await;
+            })
+        };
+        let sampler = tokio::spawn(async move {
+            let mut peak: f64 = 0.0;
+            while Instant::now() < stop {
+                peak = peak.max(rss_mb(pid));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            peak
+        });
+        // Honest gets, alternating between the flooded node and the control.
+        let (mut on_flooded, mut on_control) = (Vec::new(), Vec::new());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        while Instant::now() < stop {
+            for (peer, lat) in [
+                (flooded.peer, &mut on_flooded),
+                (control.peer, &mut on_control),
+            ] {
+                let started = Instant::now();
+                let _ = honest.request(peer, get_request(target)).await;
+                lat.push(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = flood.await;
+        let peak = sampler.await.unwrap_or(0.0);
+        let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = rss_mb(pid);
+        let rate_limited = counter(&flooded.metrics, "dht_rate_limited_total").await;
+        let stored_after = (kind == Kind::FreshKeys)
+            .then(|| counter(&flooded.metrics, "dht_items_stored"));
+        let stored_after = match stored_after {
+            Some(f) => Some(f.await),
+            None => None,
+        };
+        out.push(FloodFigures {
+            kind,
+
+            per_second: sent as f64 / secs as f64,
+            flooded: pcts(on_flooded),
+            control: pcts(on_control),
+            rate_limited,
+            peak_rss_mb: peak,
+            after_rss_mb: after,
+            idle_rss_mb: idle_rss,
+            stored_after,
+        });
+        eprintln!("{:?}", out.last());
+        honest.shutdown().await;
+        hostile.shutdown().await;
+    }
+    Ok(out)
+}
+
+/// The "Hostile peers" section.
+pub fn markdown(rows: &[FloodFigures], secs: u64, in_flight: usize) -> String {
+    let mut md = format!(
+        "### Hostile peers\n\n\
+         One hostile peer floods a standalone `dht-node run` process ({secs} s per kind, \
+         {in_flight} messages in flight) while an honest client reads an item from it and, \
+         in the same moments, from an unflooded control node (another `dht-node run`). \
+         Latencies in ms; ratio = flooded / control.\n\n\
+         | flood | sent/s | honest get p50 flooded / control | p99 flooded / control | p99 ratio | rate-limited | RSS idle / peak / 2 s after (MB) |\n\
+         |---|---|---|---|---|---|---|\n"
+    );
+    for r in rows {
+        let ratio = if r.control.p99 > 0.0 {
+            r.flooded.p99 / r.control.p99
+        } else {
+            0.0
+        };
+        md.push_str(&format!(
+            "| {} | {:.0} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2}x | {} | {:.0} / {:.0} / {:.0} |\n",
+            r.kind.name(),
+            r.per_second,
+            r.flooded.p50,
+            r.control.p50,
+            r.flooded.p99,
+            r.control.p99,
+            ratio,
+            r.rate_limited,
+            r.idle_rss_mb,
+            r.peak_rss_mb,
+            r.after_rss_mb,
+        ));
+    }
+    if let Some(r) = rows.iter().find(|r| r.kind == Kind::FreshKeys) {
+        if let Some(n) = r.stored_after {
+            md.push_str(&format!(
+                "\nItems the flooded node held after the fresh-key flood: {n}.\n"
+            ));
+        }
+    }
+    md.push_str("\nGoals (issue): p99 ratio <= 2x for every kind; peak RSS <= 150 MB.\n");
+    md
+}
