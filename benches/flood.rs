@@ -127,8 +127,13 @@ async fn start_node(bin: &Path) -> anyhow::Result<Standalone> {
     })
 }
 
-/// A counter's value from a Prometheus text page (summed over labels).
+/// A counter's value from a Prometheus text page (summed over the lines whose labels
+/// contain `having`).
 async fn counter(url: &str, name: &str) -> u64 {
+    counter_with(url, name, "").await
+}
+
+async fn counter_with(url: &str, name: &str, having: &str) -> u64 {
     let Ok(resp) = reqwest::get(url).await else {
         return 0;
     };
@@ -136,7 +141,7 @@ async fn counter(url: &str, name: &str) -> u64 {
         return 0;
     };
     text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && !l.starts_with('#') && l.contains(having))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
 }
@@ -184,7 +189,8 @@ async fn send_one(hostile: &Node, to: PeerId, kind: Kind, n: u64) {
             hostile.send_item_to(to, &item, PutOptions::default()).await;
         }
         Kind::HugeFrames => {
-            let item = MutableItem::sign(&key, key.public_key(), "tp", 1, vec![2u8; 5 * 1024 * 1024]);
+            let item =
+                MutableItem::sign(&key, key.public_key(), "tp", 1, vec![2u8; 5 * 1024 * 1024]);
             hostile.send_item_to(to, &item, PutOptions::default()).await;
         }
         Kind::FreshKeys => {
@@ -209,7 +215,9 @@ pub async fn run(bin: &Path, secs: u64, in_flight: usize) -> anyhow::Result<Vec<
         let owner = SigningKey::generate_ed25519();
         let item = MutableItem::sign(&owner, owner.public_key(), "svc", 1, vec![3u8; 900]);
         for peer in [flooded.peer, control.peer] {
-            honest.send_item_to(peer, &item, PutOptions::default()).await;
+            honest
+                .send_item_to(peer, &item, PutOptions::default())
+                .await;
         }
         let target = item.target();
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -263,19 +271,19 @@ pub async fn run(bin: &Path, secs: u64, in_flight: usize) -> anyhow::Result<Vec<
         tokio::time::sleep(Duration::from_secs(2)).await;
         let after = rss_mb(pid);
         let rate_limited = counter(&flooded.metrics, "dht_rate_limited_total").await;
-        let stored_after = (kind == Kind::FreshKeys)
-            .then(|| counter(&flooded.metrics, "dht_items_stored"));
-        let stored_after = match stored_after {
-            Some(f) => Some(f.await),
-            None => None,
+        let stored_after = if kind == Kind::FreshKeys {
+            Some(counter_with(&flooded.metrics, "dht_puts_total", "result=\"accepted\"").await)
+        } else {
+            None
         };
+        let throttled = counter(&flooded.metrics, "dht_strangers_throttled_total").await;
         out.push(FloodFigures {
             kind,
 
             per_second: sent as f64 / secs as f64,
             flooded: pcts(on_flooded),
             control: pcts(on_control),
-            rate_limited,
+            rate_limited: rate_limited + throttled,
             peak_rss_mb: peak,
             after_rss_mb: after,
             idle_rss_mb: idle_rss,
@@ -323,7 +331,9 @@ pub fn markdown(rows: &[FloodFigures], secs: u64, in_flight: usize) -> String {
     if let Some(r) = rows.iter().find(|r| r.kind == Kind::FreshKeys) {
         if let Some(n) = r.stored_after {
             md.push_str(&format!(
-                "\nItems the flooded node held after the fresh-key flood: {n}.\n"
+                "\nItems the flooded node accepted during the fresh-key flood: {n} (rate-limited \
+                 counts requests refused by the rate limiter plus new items refused by the \
+                 stranger budget).\n"
             ));
         }
     }

@@ -97,6 +97,11 @@ pub struct NodeConfig {
     pub max_connected_peers: usize,
     /// Per-peer inbound rate limit.
     pub rate_limit: RateLimit,
+    /// New items (targets not yet held, non-authorized signers) a peer outside the
+    /// routing table may create.
+    pub stranger_items_per_peer: crate::admission::Budget,
+    /// The same, shared by every peer of one IPv4 /24 or IPv6 /48.
+    pub stranger_items_per_range: crate::admission::Budget,
     /// Most routing-table peers from one IPv4 /24 or IPv6 /48 (loopback exempt, so local
     /// testnets work). `None`: no limit.
     pub max_peers_per_ip_range: Option<usize>,
@@ -139,6 +144,14 @@ impl Default for NodeConfig {
             idle_connection_timeout: Duration::from_secs(600),
             max_connected_peers: 256,
             rate_limit: RateLimit::default(),
+            stranger_items_per_peer: crate::admission::Budget {
+                per_second: 2.0,
+                burst: 64.0,
+            },
+            stranger_items_per_range: crate::admission::Budget {
+                per_second: 10.0,
+                burst: 256.0,
+            },
             max_peers_per_ip_range: Some(8),
             ip_range_limit_loopback: false,
             quic: true,

@@ -37,6 +37,8 @@ pub struct Inbound {
     pub max_message_len: usize,
     /// The store's epoch, sent with sync pages.
     pub epoch: u64,
+    /// Budgets of new items from peers outside the routing table.
+    pub(crate) strangers: crate::admission::StrangerAdmission,
 }
 
 impl Inbound {
@@ -48,7 +50,12 @@ impl Inbound {
 
     /// Answers one request.
     #[instrument(skip_all, fields(%peer))]
-    pub async fn handle(self: Arc<Self>, peer: PeerId, request: RequestProto) -> ResponseProto {
+    pub async fn handle(
+        self: Arc<Self>,
+        peer: PeerId,
+        ip: Option<std::net::IpAddr>,
+        request: RequestProto,
+    ) -> ResponseProto {
         use request_proto::Kind;
         let kind = request_kind(&request);
         self.shared
@@ -59,7 +66,7 @@ impl Inbound {
         let this = self.clone();
         // Signature checks and the store are blocking work: keep them off the reactor.
         let result = tokio::task::spawn_blocking(move || match request.kind {
-            Some(Kind::Put(p)) => this.put(peer, p),
+            Some(Kind::Put(p)) => this.put(peer, ip, p),
             // A node catching up may hold copies replaced or deleted while it was away:
             // it refuses, and the reader asks the other replicas.
             Some(Kind::Get(_)) if !this.shared.caught_up() => {
@@ -73,14 +80,34 @@ impl Inbound {
         result.unwrap_or_else(|e| error_response("internal", e.to_string()))
     }
 
-    fn put(&self, peer: PeerId, req: PutRequestProto) -> ResponseProto {
+    fn put(
+        &self,
+        peer: PeerId,
+        ip: Option<std::net::IpAddr>,
+        req: PutRequestProto,
+    ) -> ResponseProto {
         let limits = self.limits();
+        // Full nodes of the routing table hand items over in bulk; anyone else creating
+        // new targets under non-authorized keys is budgeted.
+        let stranger = self.shared.view.addresses(&peer).is_empty();
         let mut results: Vec<Option<PutResultProto>> = Vec::with_capacity(req.items.len());
         let mut batch = Vec::new();
         let mut slots = Vec::new();
         for p in req.items {
             let checked = parse_put_item(p, &limits)
-                .and_then(|(item, opts)| self.validator.validate(item).map(|v| (v, opts)));
+                .and_then(|(item, opts)| self.validator.validate(item).map(|v| (v, opts)))
+                .and_then(|(v, opts)| {
+                    if stranger && !v.by_authorized_publisher() && self.is_new(&v.target()) {
+                        if !self.strangers.admit(peer, ip) {
+                            self.shared.metrics.strangers_throttled.inc();
+                            return Err(Rejection::QuotaExceeded(
+                                "new-item budget for peers outside the routing table is spent"
+                                    .into(),
+                            ));
+                        }
+                    }
+                    Ok((v, opts))
+                });
             match checked {
                 Ok(v) => {
                     slots.push(results.len());
@@ -123,6 +150,11 @@ impl Inbound {
                 results: results.into_iter().flatten().collect(),
             })),
         }
+    }
+
+    /// Whether nothing live is stored at `target` (a put there creates a new item).
+    fn is_new(&self, target: &dht_core::Target) -> bool {
+        !matches!(self.store.get(target), Ok(Some(_)))
     }
 
     fn put_result(

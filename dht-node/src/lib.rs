@@ -20,6 +20,7 @@
 //! # Ok(()) }
 //! ```
 
+mod admission;
 pub mod config;
 pub mod connections;
 pub mod error;
@@ -39,6 +40,7 @@ pub mod report;
 pub mod routing;
 pub mod testnet;
 
+pub use admission::Budget;
 pub use config::{NodeConfig, NodeMode, RateLimit, DEFAULT_PORT};
 pub use error::NodeError;
 pub use events::NodeEvent;

@@ -85,6 +85,8 @@ pub struct Metrics {
     pub equivocations: Counter,
     /// Items copied to a peer that became responsible after another was declared dead.
     pub items_rereplicated: Counter,
+    /// New items refused from peers outside the routing table whose budget was spent.
+    pub strangers_throttled: Counter,
     /// Bytes of item-protocol frames read and written (length prefix included; frames
     /// refused from their prefix count the bytes skipped).
     pub item_protocol_bytes: Family<TrafficLabels, Counter>,
@@ -126,10 +128,16 @@ impl Metrics {
             equivocations: Counter::default(),
             items_rereplicated: Counter::default(),
             item_protocol_bytes: Family::default(),
+            strangers_throttled: Counter::default(),
             registry: Mutex::new(Registry::with_prefix("dht")),
         };
         {
             let mut r = m.registry.lock();
+            r.register(
+                "strangers_throttled",
+                "New items refused from peers outside the routing table (budget spent)",
+                m.strangers_throttled.clone(),
+            );
             r.register(
                 "item_protocol_bytes",
                 "Bytes of item-protocol frames by direction",

@@ -36,6 +36,10 @@ use crate::NodeError;
 /// suspicion, a missed one closes the connection.
 const PING_INTERVAL: Duration = Duration::from_secs(30);
 
+/// Inbound requests of one peer handled at once; more are refused `rate_limited` at
+/// once rather than queued in front of other peers' requests.
+const MAX_HANDLING_PER_PEER: usize = 8;
+
 /// Item-protocol streams one connection may have open at once (each may buffer up to
 /// one frame, so this bounds a peer's share of memory).
 const MAX_STREAMS_PER_CONNECTION: usize = 32;
@@ -78,6 +82,8 @@ pub enum Command {
     },
     /// Answer an inbound request.
     Respond {
+        /// The requester.
+        peer: PeerId,
         /// Channel of the inbound request.
         channel: ResponseChannel<ResponseProto>,
         /// Response.
@@ -161,6 +167,15 @@ impl RateLimiter {
     fn forget(&mut self, peer: &PeerId) {
         self.buckets.remove(peer);
     }
+}
+
+/// The IP of an address, if it has one.
+fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
+    addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::Ip4(ip) => Some(ip.into()),
+        libp2p::multiaddr::Protocol::Ip6(ip) => Some(ip.into()),
+        _ => None,
+    })
 }
 
 /// The bytes an inbound request carries, as counted by the per-peer byte budget.
@@ -317,6 +332,10 @@ pub struct Driver {
     range_includes_loopback: bool,
     view_dirty: bool,
     budget: ConnectionBudget,
+    /// The remote IP of each connected peer (for per-range budgets).
+    remote_ips: HashMap<PeerId, std::net::IpAddr>,
+    /// Inbound requests being handled, per peer.
+    handling: HashMap<PeerId, usize>,
 }
 
 impl Driver {
@@ -342,6 +361,8 @@ impl Driver {
             range_includes_loopback: config.ip_range_limit_loopback,
             view_dirty: true,
             budget: ConnectionBudget::new(config.max_connected_peers, CONNECTION_GRACE),
+            remote_ips: HashMap::new(),
+            handling: HashMap::new(),
         }
     }
 
@@ -508,7 +529,17 @@ impl Driver {
                     .send_request_with_addresses(&peer, ItemRequest::Message(request), addrs);
                 self.requests.insert(id, reply);
             }
-            Command::Respond { channel, response } => {
+            Command::Respond {
+                peer,
+                channel,
+                response,
+            } => {
+                if let Some(n) = self.handling.get_mut(&peer) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.handling.remove(&peer);
+                    }
+                }
                 if self
                     .swarm
                     .behaviour_mut()
@@ -566,7 +597,8 @@ impl Driver {
                 for addr in info.listen_addrs.into_iter().filter(is_dialable) {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
-                self.view_dirty = true;
+                // Known at once as a full node (its hand-offs are not a stranger's).
+                self.refresh_view();
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(_)) => {}
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
@@ -580,7 +612,12 @@ impl Driver {
             SwarmEvent::NewListenAddr { address, .. } => {
                 info!(%address, "listening");
             }
-            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                if let Some(ip) = ip_of(endpoint.get_remote_address()) {
+                    self.remote_ips.insert(peer_id, ip);
+                }
                 self.budget.established(peer_id, Instant::now());
                 self.heard_from(peer_id);
                 self.trim_connections();
@@ -594,6 +631,7 @@ impl Driver {
                 self.budget.closed(&peer_id);
                 if num_established == 0 {
                     self.limiter.forget(&peer_id);
+                    self.remote_ips.remove(&peer_id);
                     // Closed by an error (a crashed or cut-off peer), not by an idle
                     // timeout or the budget: suspect it and probe it at once; a probe
                     // that connects clears the suspicion within a round trip.
@@ -794,10 +832,28 @@ impl Driver {
                 return;
             }
         };
+        // Fair service: one peer's requests never queue up in front of everyone else's.
+        let handling = self.handling.entry(peer).or_default();
+        if *handling >= MAX_HANDLING_PER_PEER {
+            self.shared.metrics.rate_limited.inc();
+            let _ = self.swarm.behaviour_mut().items.send_response(
+                channel,
+                error_response("rate_limited", "too many requests in flight"),
+            );
+            return;
+        }
+        *handling += 1;
         let tx = self.self_tx.clone();
+        let ip = self.remote_ips.get(&peer).copied();
         tokio::spawn(async move {
-            let response = inbound.handle(peer, request).await;
-            let _ = tx.send(Command::Respond { channel, response }).await;
+            let response = inbound.handle(peer, ip, request).await;
+            let _ = tx
+                .send(Command::Respond {
+                    peer,
+                    channel,
+                    response,
+                })
+                .await;
         });
     }
 }

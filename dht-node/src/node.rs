@@ -337,6 +337,10 @@ impl Node {
                 replication: config.replication,
                 max_message_len: config.max_message_len(),
                 epoch,
+                strangers: crate::admission::StrangerAdmission::new(
+                    config.stranger_items_per_peer,
+                    config.stranger_items_per_range,
+                ),
             })
         });
         let (tx, rx) = mpsc::channel(4096);

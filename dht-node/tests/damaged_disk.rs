@@ -11,7 +11,7 @@ use dht_node::{Node, NodeError, Testnet};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_store_is_refused_by_name_and_repaired_from_the_network() {
-    let mut net = Testnet::builder(4).on_disk(true).build().await.unwrap();
+    let net = Testnet::builder(4).on_disk(true).build().await.unwrap();
     assert!(net.wait_for_routing(3, Duration::from_secs(10)).await);
     let items: Vec<MutableItem> = (0..20)
         .map(|i| {
