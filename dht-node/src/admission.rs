@@ -4,7 +4,10 @@
 //! peer and per IP range (IPv4 /24, IPv6 /48). Updates of targets already held, items of
 //! authorized publishers, and everything full nodes of the routing table hand over are
 //! never throttled, so junk from many fresh keys cannot fill the store or crowd out real
-//! items, while a visor writing its own entries always has room.
+//! items, while a visor writing its own entries always has room. All strangers together
+//! also share one budget of bytes: since every item expires by its signed deadline
+//! (at most the TTL), the bytes strangers can have alive at once are bounded by that
+//! budget's burst plus its rate times the TTL.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -49,9 +52,9 @@ impl<K: Hash + Eq + Clone> Buckets<K> {
         *tokens
     }
 
-    fn take(&mut self, key: &K) {
+    fn take(&mut self, key: &K, amount: f64) {
         if let Some((tokens, _)) = self.map.get_mut(key) {
-            *tokens -= 1.0;
+            *tokens -= amount;
         }
     }
 
@@ -68,32 +71,39 @@ impl<K: Hash + Eq + Clone> Buckets<K> {
 /// The stranger budgets of a node.
 #[derive(Debug)]
 pub(crate) struct StrangerAdmission {
-    inner: Mutex<(Buckets<PeerId>, Buckets<Vec<u8>>)>,
+    inner: Mutex<(Buckets<PeerId>, Buckets<Vec<u8>>, Buckets<()>)>,
 }
 
 impl StrangerAdmission {
-    /// Budgets per peer and per IP range.
-    pub(crate) fn new(per_peer: Budget, per_range: Budget) -> Self {
+    /// Budgets per peer and per IP range (items), and for all strangers together (bytes).
+    pub(crate) fn new(per_peer: Budget, per_range: Budget, all_bytes: Budget) -> Self {
         StrangerAdmission {
-            inner: Mutex::new((Buckets::new(per_peer), Buckets::new(per_range))),
+            inner: Mutex::new((
+                Buckets::new(per_peer),
+                Buckets::new(per_range),
+                Buckets::new(all_bytes),
+            )),
         }
     }
 
-    /// Whether `peer` (from `ip`) may create one more new item now; takes it if so.
-    pub(crate) fn admit(&self, peer: PeerId, ip: Option<IpAddr>) -> bool {
+    /// Whether `peer` (from `ip`) may create one more new item of `bytes` now; takes it
+    /// from every budget if so.
+    pub(crate) fn admit(&self, peer: PeerId, ip: Option<IpAddr>, bytes: usize) -> bool {
         let now = Instant::now();
         let mut guard = self.inner.lock();
-        let (peers, ranges) = &mut *guard;
+        let (peers, ranges, all) = &mut *guard;
         peers.prune(now);
         ranges.prune(now);
         let range = ip.map(range_of);
         let peer_ok = peers.level(&peer, now) >= 1.0;
         let range_ok = range.as_ref().is_none_or(|r| ranges.level(r, now) >= 1.0);
-        if peer_ok && range_ok {
-            peers.take(&peer);
+        let bytes_ok = all.level(&(), now) >= bytes as f64;
+        if peer_ok && range_ok && bytes_ok {
+            peers.take(&peer, 1.0);
             if let Some(r) = &range {
-                ranges.take(r);
+                ranges.take(r, 1.0);
             }
+            all.take(&(), bytes as f64);
             true
         } else {
             false
@@ -124,22 +134,49 @@ mod tests {
                 per_second: 0.0,
                 burst: 5.0,
             },
+            Budget {
+                per_second: 0.0,
+                burst: 1e9,
+            },
         );
         let ip: IpAddr = "10.1.2.3".parse().unwrap();
         let same_range: IpAddr = "10.1.2.99".parse().unwrap();
         let p = PeerId::random();
-        assert!(a.admit(p, Some(ip)));
-        assert!(a.admit(p, Some(ip)));
-        assert!(a.admit(p, Some(ip)));
-        assert!(!a.admit(p, Some(ip)), "the peer's burst is spent");
+        assert!(a.admit(p, Some(ip), 10));
+        assert!(a.admit(p, Some(ip), 10));
+        assert!(a.admit(p, Some(ip), 10));
+        assert!(!a.admit(p, Some(ip), 10), "the peer's burst is spent");
         // Fresh peers in the same /24 share the range's budget.
-        assert!(a.admit(PeerId::random(), Some(same_range)));
-        assert!(a.admit(PeerId::random(), Some(same_range)));
+        assert!(a.admit(PeerId::random(), Some(same_range), 10));
+        assert!(a.admit(PeerId::random(), Some(same_range), 10));
         assert!(
-            !a.admit(PeerId::random(), Some(same_range)),
+            !a.admit(PeerId::random(), Some(same_range), 10),
             "the range's burst is spent"
         );
         // Another range is not affected.
-        assert!(a.admit(PeerId::random(), Some("10.9.9.9".parse().unwrap())));
+        assert!(a.admit(PeerId::random(), Some("10.9.9.9".parse().unwrap()), 10));
+    }
+
+    #[test]
+    fn all_strangers_share_one_byte_budget() {
+        let roomy = Budget {
+            per_second: 0.0,
+            burst: 1e6,
+        };
+        let a = StrangerAdmission::new(
+            roomy,
+            roomy,
+            Budget {
+                per_second: 0.0,
+                burst: 1_000.0,
+            },
+        );
+        // Peers from many ranges: the total still runs out.
+        let mut admitted = 0;
+        for i in 0..50u8 {
+            let ip: IpAddr = format!("10.{i}.0.1").parse().unwrap();
+            admitted += usize::from(a.admit(PeerId::random(), Some(ip), 100));
+        }
+        assert_eq!(admitted, 10);
     }
 }

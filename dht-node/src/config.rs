@@ -102,6 +102,10 @@ pub struct NodeConfig {
     pub stranger_items_per_peer: crate::admission::Budget,
     /// The same, shared by every peer of one IPv4 /24 or IPv6 /48.
     pub stranger_items_per_range: crate::admission::Budget,
+    /// Bytes of new items all strangers together may create (per second and burst).
+    /// Items expire within the TTL, so strangers' live bytes stay under
+    /// `burst + per_second * ttl` (80 MiB with the defaults).
+    pub stranger_bytes: crate::admission::Budget,
     /// Most routing-table peers from one IPv4 /24 or IPv6 /48 (loopback exempt, so local
     /// testnets work). `None`: no limit.
     pub max_peers_per_ip_range: Option<usize>,
@@ -151,6 +155,11 @@ impl Default for NodeConfig {
             stranger_items_per_range: crate::admission::Budget {
                 per_second: 10.0,
                 burst: 256.0,
+            },
+            // 64 MiB per default TTL (6 h), 16 MiB at once.
+            stranger_bytes: crate::admission::Budget {
+                per_second: 64.0 * 1024.0 * 1024.0 / (6.0 * 3600.0),
+                burst: 16.0 * 1024.0 * 1024.0,
             },
             max_peers_per_ip_range: Some(8),
             ip_range_limit_loopback: false,

@@ -98,7 +98,8 @@ impl Inbound {
                 .and_then(|(item, opts)| self.validator.validate(item).map(|v| (v, opts)))
                 .and_then(|(v, opts)| {
                     if stranger && !v.by_authorized_publisher() && self.is_new(&v.target()) {
-                        if !self.strangers.admit(peer, ip) {
+                        let bytes = crate::maintenance::encoded_size(v.item());
+                        if !self.strangers.admit(peer, ip, bytes) {
                             self.shared.metrics.strangers_throttled.inc();
                             return Err(Rejection::QuotaExceeded(
                                 "new-item budget for peers outside the routing table is spent"

@@ -36,9 +36,12 @@ use crate::NodeError;
 /// suspicion, a missed one closes the connection.
 const PING_INTERVAL: Duration = Duration::from_secs(30);
 
-/// Inbound requests of one peer handled at once; more are refused `rate_limited` at
-/// once rather than queued in front of other peers' requests.
-const MAX_HANDLING_PER_PEER: usize = 8;
+/// Inbound requests of one peer outside the routing table handled at once; more are
+/// refused `rate_limited` at once rather than queued in front of other peers' requests.
+const MAX_HANDLING_PER_STRANGER: usize = 8;
+/// The same for full nodes of the routing table (a DMSG server mirroring a discovery
+/// sends dozens of puts at once).
+const MAX_HANDLING_PER_FULL_NODE: usize = 128;
 
 /// Item-protocol streams one connection may have open at once (each may buffer up to
 /// one frame, so this bounds a peer's share of memory).
@@ -833,8 +836,13 @@ impl Driver {
             }
         };
         // Fair service: one peer's requests never queue up in front of everyone else's.
+        let cap = if self.shared.view.addresses(&peer).is_empty() {
+            MAX_HANDLING_PER_STRANGER
+        } else {
+            MAX_HANDLING_PER_FULL_NODE
+        };
         let handling = self.handling.entry(peer).or_default();
-        if *handling >= MAX_HANDLING_PER_PEER {
+        if *handling >= cap {
             self.shared.metrics.rate_limited.inc();
             let _ = self.swarm.behaviour_mut().items.send_response(
                 channel,

@@ -340,6 +340,7 @@ impl Node {
                 strangers: crate::admission::StrangerAdmission::new(
                     config.stranger_items_per_peer,
                     config.stranger_items_per_range,
+                    config.stranger_bytes,
                 ),
             })
         });

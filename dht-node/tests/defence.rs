@@ -191,3 +191,127 @@ async fn a_node_under_a_skywire_key_over_quic() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A client node (in no routing table) with its own, looser limits.
+async fn stranger(net: &Testnet, max_value_len: usize) -> Node {
+    let mut config = NodeConfig::local();
+    config.mode = dht_node::NodeMode::Client;
+    config.policy.max_value_len = max_value_len;
+    config.bootstrap = net.bootstrap_addr().into_iter().collect();
+    let node = Node::builder().config(config).build().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while node.routing_table().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_over_the_limit_are_refused_from_the_frame_header() {
+    let net = Testnet::builder(1).build().await.unwrap();
+    let replica = net.nodes[0].peer_id();
+    let hostile = stranger(&net, 8 * 1024 * 1024).await;
+    let key = SigningKey::generate_ed25519();
+    // 1.5 MiB against the 1 MiB limit: refused from the length prefix with a typed answer.
+    let over = MutableItem::sign(&key, key.public_key(), "tp", 1, vec![1u8; 1536 * 1024]);
+    match hostile
+        .send_item_to(replica, &over, PutOptions::default())
+        .await
+    {
+        ReplicaResult::Rejected { code, detail } => {
+            assert_eq!(code, dht_core::ReasonCode::TooLarge);
+            assert!(detail.contains("exceeds the limit"), "{detail}");
+        }
+        other => panic!("expected too_large, got {other:?}"),
+    }
+    // 5 MiB, far over: the stream is reset without reading the body.
+    let huge = MutableItem::sign(&key, key.public_key(), "tp", 2, vec![2u8; 5 * 1024 * 1024]);
+    assert!(matches!(
+        hostile
+            .send_item_to(replica, &huge, PutOptions::default())
+            .await,
+        ReplicaResult::Failed(_)
+    ));
+    // The node keeps serving, and counted the refusal.
+    let ok = MutableItem::sign(&key, key.public_key(), "tp", 3, &b"[]"[..]);
+    assert!(matches!(
+        hostile
+            .send_item_to(replica, &ok, PutOptions::default())
+            .await,
+        ReplicaResult::Stored(_)
+    ));
+    assert!(net.nodes[0].metrics().encode().contains("too_large"));
+    hostile.shutdown().await;
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_flood_is_throttled_while_publishers_and_owners_keep_writing() {
+    let mirror = SigningKey::generate_secp256k1();
+    let mut config = NodeConfig::local();
+    config.policy = dht_core::Policy::default().authorize("tp", mirror.public_key());
+    config.stranger_items_per_peer = dht_node::Budget {
+        per_second: 0.5,
+        burst: 20.0,
+    };
+    let net = Testnet::builder(1).config(config).build().await.unwrap();
+    let replica = net.nodes[0].peer_id();
+    let flooder = stranger(&net, 1024 * 1024).await;
+
+    // A visor's own entry, written before the flood.
+    let visor = SigningKey::generate_ed25519();
+    let own = MutableItem::sign(&visor, visor.public_key(), "svc", 1, &b"[v1]"[..]);
+    assert!(matches!(
+        flooder
+            .send_item_to(replica, &own, PutOptions::default())
+            .await,
+        ReplicaResult::Stored(_)
+    ));
+
+    // 200 new items under fresh keys: only the burst gets in.
+    let mut stored = 0;
+    let mut throttled = 0;
+    for _ in 0..200 {
+        let k = SigningKey::generate_ed25519();
+        let junk = MutableItem::sign(&k, k.public_key(), "svc", 1, &b"[junk]"[..]);
+        match flooder
+            .send_item_to(replica, &junk, PutOptions::default())
+            .await
+        {
+            ReplicaResult::Stored(_) => stored += 1,
+            ReplicaResult::Rejected { code, .. } => {
+                assert_eq!(code, dht_core::ReasonCode::QuotaExceeded);
+                throttled += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(stored <= 25, "stored {stored}");
+    assert!(throttled >= 175, "throttled {throttled}");
+
+    // Meanwhile the authorized publisher's new items and the visor's update get through,
+    // even from the same stranger peer.
+    for _ in 0..50 {
+        let edge = SigningKey::generate_secp256k1().public_key();
+        let item = MutableItem::sign(&mirror, edge, "tp", 1, &b"[edge list]"[..]);
+        assert!(matches!(
+            flooder
+                .send_item_to(replica, &item, PutOptions::default())
+                .await,
+            ReplicaResult::Stored(_)
+        ));
+    }
+    let update = MutableItem::sign(&visor, visor.public_key(), "svc", 2, &b"[v2]"[..]);
+    assert!(matches!(
+        flooder
+            .send_item_to(replica, &update, PutOptions::default())
+            .await,
+        ReplicaResult::Stored(_)
+    ));
+    assert!(net.nodes[0]
+        .metrics()
+        .encode()
+        .contains("dht_strangers_throttled_total"));
+    flooder.shutdown().await;
+    net.shutdown().await;
+}
