@@ -68,21 +68,29 @@ impl<K: Hash + Eq + Clone> Buckets<K> {
     }
 }
 
+/// The buckets: per peer, per IP range, and one for all strangers' bytes.
+#[derive(Debug)]
+struct AllBuckets {
+    peers: Buckets<PeerId>,
+    ranges: Buckets<Vec<u8>>,
+    bytes: Buckets<()>,
+}
+
 /// The stranger budgets of a node.
 #[derive(Debug)]
 pub(crate) struct StrangerAdmission {
-    inner: Mutex<(Buckets<PeerId>, Buckets<Vec<u8>>, Buckets<()>)>,
+    inner: Mutex<AllBuckets>,
 }
 
 impl StrangerAdmission {
     /// Budgets per peer and per IP range (items), and for all strangers together (bytes).
     pub(crate) fn new(per_peer: Budget, per_range: Budget, all_bytes: Budget) -> Self {
         StrangerAdmission {
-            inner: Mutex::new((
-                Buckets::new(per_peer),
-                Buckets::new(per_range),
-                Buckets::new(all_bytes),
-            )),
+            inner: Mutex::new(AllBuckets {
+                peers: Buckets::new(per_peer),
+                ranges: Buckets::new(per_range),
+                bytes: Buckets::new(all_bytes),
+            }),
         }
     }
 
@@ -91,7 +99,11 @@ impl StrangerAdmission {
     pub(crate) fn admit(&self, peer: PeerId, ip: Option<IpAddr>, bytes: usize) -> bool {
         let now = Instant::now();
         let mut guard = self.inner.lock();
-        let (peers, ranges, all) = &mut *guard;
+        let AllBuckets {
+            peers,
+            ranges,
+            bytes: all,
+        } = &mut *guard;
         peers.prune(now);
         ranges.prune(now);
         let range = ip.map(range_of);
