@@ -25,15 +25,6 @@ import { ping } from '@libp2p/ping'
 import { kadDHT } from '@libp2p/kad-dht'
 import { multiaddr } from '@multiformats/multiaddr'
 
-// Node 20 lacks Promise.withResolvers (Node 22+), which current js-libp2p uses.
-Promise.withResolvers ??= function withResolvers () {
-  let resolve, reject
-  const promise = new Promise((res, rej) => { resolve = res; reject = rej })
-  return { promise, resolve, reject }
-}
-
-process.on('unhandledRejection', (e) => console.error('unhandled rejection', e))
-
 const TIMEOUT_MS = 30_000
 const PREFIX = new TextEncoder().encode('/skywire-dht/item/')
 
@@ -70,11 +61,13 @@ const node = await createLibp2p({
   connectionEncrypters: [noise()],
   streamMuxers: [yamux()],
   services: {
-    identify: identify({ protocolPrefix: 'skywire-dht' }),
+    identify: identify(),
     ping: ping(),
     dht: kadDHT({
       protocol: '/skywire-dht/kad/1.0.0',
       clientMode: true,
+      // Keep loopback and private addresses (the default mapper drops them).
+      peerInfoMapper: (peer) => peer,
       // Accept any record of this namespace: the Rust nodes validate items.
       validators: { 'skywire-dht': async () => {} },
       selectors: { 'skywire-dht': () => 0 }
