@@ -25,6 +25,13 @@ import { ping } from '@libp2p/ping'
 import { kadDHT } from '@libp2p/kad-dht'
 import { multiaddr } from '@multiformats/multiaddr'
 
+// Node 20 lacks Promise.withResolvers (Node 22+), which js-libp2p's dependencies use.
+Promise.withResolvers ??= function withResolvers () {
+  let resolve, reject
+  const promise = new Promise((res, rej) => { resolve = res; reject = rej })
+  return { promise, resolve, reject }
+}
+
 const TIMEOUT_MS = 30_000
 const PREFIX = new TextEncoder().encode('/skywire-dht/item/')
 
