@@ -97,15 +97,8 @@ impl Inbound {
             let checked = parse_put_item(p, &limits)
                 .and_then(|(item, opts)| self.validator.validate(item).map(|v| (v, opts)))
                 .and_then(|(v, opts)| {
-                    if stranger && !v.by_authorized_publisher() && self.is_new(&v.target()) {
-                        let bytes = crate::maintenance::encoded_size(v.item());
-                        if !self.strangers.admit(peer, ip, bytes) {
-                            self.shared.metrics.strangers_throttled.inc();
-                            return Err(Rejection::QuotaExceeded(
-                                "new-item budget for peers outside the routing table is spent"
-                                    .into(),
-                            ));
-                        }
+                    if stranger {
+                        self.admit_stranger(peer, ip, &v)?;
                     }
                     Ok((v, opts))
                 });
@@ -150,6 +143,28 @@ impl Inbound {
             kind: Some(response_proto::Kind::Put(PutResponseProto {
                 results: results.into_iter().flatten().collect(),
             })),
+        }
+    }
+
+    /// The stranger budgets (see [`crate::admission`]): a new item under a key that is
+    /// not an authorized publisher, from a peer outside the routing table, spends them.
+    pub(crate) fn admit_stranger(
+        &self,
+        peer: PeerId,
+        ip: Option<std::net::IpAddr>,
+        v: &dht_core::VerifiedItem,
+    ) -> Result<(), Rejection> {
+        if v.by_authorized_publisher() || !self.is_new(&v.target()) {
+            return Ok(());
+        }
+        let bytes = crate::maintenance::encoded_size(v.item());
+        if self.strangers.admit(peer, ip, bytes) {
+            Ok(())
+        } else {
+            self.shared.metrics.strangers_throttled.inc();
+            Err(Rejection::QuotaExceeded(
+                "new-item budget for peers outside the routing table is spent".into(),
+            ))
         }
     }
 

@@ -28,6 +28,7 @@ pub mod events;
 mod get;
 pub mod http;
 pub mod inbound;
+pub mod kad_records;
 mod liveness;
 pub mod maintenance;
 pub mod metrics;

@@ -34,6 +34,14 @@ pub struct TrafficLabels {
     pub direction: String,
 }
 
+/// Labels of refused kad records.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KadRejectLabels {
+    /// The [`dht_core::ReasonCode`] name, or "rate_limited" or "internal" (the store
+    /// failed).
+    pub reason: String,
+}
+
 /// Labels of gets.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GetLabels {
@@ -90,6 +98,9 @@ pub struct Metrics {
     /// Bytes of item-protocol frames read and written (length prefix included; frames
     /// refused from their prefix count the bytes skipped).
     pub item_protocol_bytes: Family<TrafficLabels, Counter>,
+    /// Inbound kad `PUT_VALUE` records refused (never stored), by reason: kad
+    /// acknowledges before the record is checked, so this is the only trace.
+    pub kad_put_rejected: Family<KadRejectLabels, Counter>,
     registry: Mutex<Registry>,
 }
 
@@ -129,6 +140,7 @@ impl Metrics {
             items_rereplicated: Counter::default(),
             item_protocol_bytes: Family::default(),
             strangers_throttled: Counter::default(),
+            kad_put_rejected: Family::default(),
             registry: Mutex::new(Registry::with_prefix("dht")),
         };
         {
@@ -137,6 +149,11 @@ impl Metrics {
                 "strangers_throttled",
                 "New items refused from peers outside the routing table (budget spent)",
                 m.strangers_throttled.clone(),
+            );
+            r.register(
+                "kad_put_rejected",
+                "Inbound kad PUT_VALUE records refused (not stored) by reason",
+                m.kad_put_rejected.clone(),
             );
             r.register(
                 "item_protocol_bytes",

@@ -23,6 +23,7 @@ use crate::config::{NodeConfig, NodeMode};
 use crate::connections::ConnectionBudget;
 use crate::events::NodeEvent;
 use crate::inbound::Inbound;
+use crate::kad_records::{check_record, ItemRecordStore};
 use crate::liveness::{Change, Liveness};
 use crate::metrics::RequestLabels;
 use crate::protocol::{
@@ -54,7 +55,7 @@ const CONNECTION_GRACE: Duration = Duration::from_secs(2);
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
     blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
-    kad: kad::Behaviour<kad::store::MemoryStore>,
+    kad: kad::Behaviour<ItemRecordStore>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     items: request_response::Behaviour<ItemCodec>,
@@ -248,13 +249,16 @@ pub fn build_swarm(
         .set_replication_factor(NonZeroUsize::new(config.replication.max(1)).expect("max(1)"))
         .set_parallelism(NonZeroUsize::new(config.parallelism.max(1)).expect("max(1)"))
         .set_query_timeout(config.lookup_timeout)
-        // Items travel in this project's own protocol, never in kad records: disable the
-        // record jobs that would collect every record into one Vec.
+        // Items travel in this project's own protocol; kad serves them read-only as
+        // records (see `kad_records`) and stores none itself: disable the record jobs.
         .set_replication_interval(None)
         .set_publication_interval(None)
         .set_record_ttl(None)
         .set_provider_publication_interval(None)
+        // Inbound PUT_VALUE records are validated and stored by `on_kad_put`.
         .set_record_filtering(kad::StoreInserts::FilterBoth)
+        // A record is one encoded item: let the largest item through in both directions.
+        .set_max_packet_size(config.max_message_len())
         .set_periodic_bootstrap_interval(Some(Duration::from_secs(5 * 60)));
     let max_message_len = config.max_message_len();
     let traffic = metrics.item_protocol_bytes.clone();
@@ -263,11 +267,7 @@ pub fn build_swarm(
     let request_timeout = config.request_timeout;
 
     let behaviour = move |key: &identity::Keypair| {
-        let kad = kad::Behaviour::with_config(
-            local_id,
-            kad::store::MemoryStore::new(local_id),
-            kad_config,
-        );
+        let kad = kad::Behaviour::with_config(local_id, ItemRecordStore::new(local_id), kad_config);
         let identify = identify::Behaviour::new(
             identify::Config::new("/skywire-dht/id/1.0.0".into(), key.public())
                 .with_agent_version(format!("dht-node/{}", env!("CARGO_PKG_VERSION"))),
@@ -351,6 +351,17 @@ impl Driver {
         inbound: Option<Arc<Inbound>>,
         config: &NodeConfig,
     ) -> Self {
+        let mut swarm = swarm;
+        if let Some(inbound) = &inbound {
+            // A full node serves its items as kad records, once caught up (as the item
+            // protocol's get does).
+            let view = shared.clone();
+            swarm
+                .behaviour_mut()
+                .kad
+                .store_mut()
+                .attach(inbound.store.clone(), Arc::new(move || view.caught_up()));
+        }
         Driver {
             swarm,
             commands,
@@ -716,8 +727,80 @@ impl Driver {
                     let _ = self.shared.events.send(NodeEvent::PeerAdded(peer));
                 }
             }
+            kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::PutRecord {
+                        source,
+                        record: Some(record),
+                        ..
+                    },
+            } => self.on_kad_put(source, record),
             _ => {}
         }
+    }
+
+    /// An inbound kad `PUT_VALUE`: kad has already acknowledged it (the protocol has no
+    /// way to refuse), so a record is only stored if it passes the same checks as an
+    /// item-protocol put; a refused one is logged and counted in
+    /// `dht_kad_put_rejected_total{reason}`.
+    fn on_kad_put(&mut self, source: PeerId, record: kad::Record) {
+        let Some(inbound) = self.inbound.clone() else {
+            // A client node is no kad server: nothing reaches here.
+            return;
+        };
+        if !self.limiter.allow(source, 256 + record.value.len()) {
+            self.shared.metrics.rate_limited.inc();
+            refuse_kad_put(
+                &self.shared.metrics,
+                source,
+                "rate_limited",
+                &"too many requests",
+            );
+            return;
+        }
+        let stranger = self.shared.view.addresses(&source).is_empty();
+        let ip = self.remote_ips.get(&source).copied();
+        // Signature checks and the store are blocking work: keep them off the swarm task.
+        tokio::task::spawn_blocking(move || {
+            let metrics = &inbound.shared.metrics;
+            let verified = match check_record(&inbound.validator, &record).and_then(|v| {
+                if stranger {
+                    inbound.admit_stranger(source, ip, &v)?;
+                }
+                Ok(v)
+            }) {
+                Ok(v) => v,
+                Err(r) => return refuse_kad_put(metrics, source, r.code().as_str(), &r),
+            };
+            let (target, seq, tombstone) = (
+                verified.target(),
+                verified.item().seq,
+                verified.item().is_tombstone(),
+            );
+            let salt = verified.item().salt.clone();
+            match inbound.store.put(verified, dht_core::PutOptions::default()) {
+                Ok(admission) => {
+                    debug!(%source, %target, seq, "kad put stored");
+                    metrics.count_put(&salt, Ok(admission));
+                    if matches!(admission, dht_core::Admission::Supersede { .. }) {
+                        metrics.equivocations.inc();
+                    }
+                    let _ = inbound.shared.events.send(NodeEvent::ItemStored {
+                        target,
+                        seq,
+                        tombstone,
+                    });
+                }
+                Err(dht_core::StoreError::Rejected(r)) => {
+                    metrics.count_put(&salt, Err(r.code()));
+                    refuse_kad_put(metrics, source, r.code().as_str(), &r);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "kad put: store failed");
+                    refuse_kad_put(metrics, source, "internal", &e);
+                }
+            }
+        });
     }
 
     /// Whether a new peer may enter the routing table under the per-IP-range bound.
@@ -864,6 +947,22 @@ impl Driver {
                 .await;
         });
     }
+}
+
+/// Logs and counts an inbound kad record that was not stored.
+fn refuse_kad_put(
+    metrics: &crate::metrics::Metrics,
+    source: PeerId,
+    reason: &str,
+    detail: &dyn std::fmt::Display,
+) {
+    info!(%source, reason, "kad PUT_VALUE refused (already acknowledged by kad): {detail}");
+    metrics
+        .kad_put_rejected
+        .get_or_create(&crate::metrics::KadRejectLabels {
+            reason: reason.into(),
+        })
+        .inc();
 }
 
 #[cfg(test)]
