@@ -92,7 +92,7 @@ struct Exit {
 }
 
 impl Exit {
-    fn new(code: i32, message: impl Into<String>) -> anyhow::Error {
+    fn error(code: i32, message: impl Into<String>) -> anyhow::Error {
         Exit {
             code,
             message: message.into(),
@@ -380,7 +380,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             node.shutdown().await;
             let report = report?;
             if report.lookup == Lookup::Unreachable {
-                return Err(Exit::new(
+                return Err(Exit::error(
                     code::UNREACHABLE,
                     format!("no peer answered ({} asked)", report.asked),
                 ));
@@ -396,8 +396,8 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report.to_json())?);
             }
             match report.lookup {
-                Lookup::NotFound => Err(Exit::new(code::NOT_FOUND, "not found")),
-                Lookup::Deleted(_) => Err(Exit::new(code::DELETED, "deleted")),
+                Lookup::NotFound => Err(Exit::error(code::NOT_FOUND, "not found")),
+                Lookup::Deleted(_) => Err(Exit::error(code::DELETED, "deleted")),
                 _ => Ok(()),
             }
         }
@@ -440,7 +440,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 .collect();
             node.shutdown().await;
             if lines.is_empty() {
-                return Err(Exit::new(code::UNREACHABLE, "no peer answered"));
+                return Err(Exit::error(code::UNREACHABLE, "no peer answered"));
             }
             lines.sort();
             for l in lines {
@@ -461,7 +461,7 @@ async fn with_timeout<T>(
     f: impl std::future::Future<Output = Result<T, dht_node::NodeError>>,
 ) -> Result<T> {
     match tokio::time::timeout(Duration::from_secs(net.timeout), f).await {
-        Err(_) | Ok(Err(dht_node::NodeError::Timeout)) => Err(Exit::new(
+        Err(_) | Ok(Err(dht_node::NodeError::Timeout)) => Err(Exit::error(
             code::UNREACHABLE,
             format!("timed out after {} s (--timeout)", net.timeout),
         )),
@@ -472,7 +472,7 @@ async fn with_timeout<T>(
 /// A put or delete that no replica stored: exit 2 when none answered, 1 when refused.
 fn no_replica(report: &dht_node::PutReport, what: &str) -> anyhow::Error {
     if report.rejected_by().is_empty() {
-        Exit::new(
+        Exit::error(
             code::UNREACHABLE,
             format!("no replica stored the {what}: none answered"),
         )
@@ -498,7 +498,7 @@ async fn client(net: &NetArgs) -> Result<Node> {
     }
     if node.routing_table().is_empty() {
         node.shutdown().await;
-        return Err(Exit::new(
+        return Err(Exit::error(
             code::UNREACHABLE,
             "could not reach any bootstrap peer",
         ));
