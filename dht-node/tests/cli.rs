@@ -600,3 +600,35 @@ fn run_serves_metrics_and_health_and_stops_cleanly_on_sigterm() {
     assert!(status.success(), "exit {status:?}: {rest:?}");
     assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
 }
+
+/// deploy/docker-compose.yml names node1's peer id, derived from deploy/compose/node1.key:
+/// the two must agree, or the other nodes bootstrap to nobody.
+#[test]
+fn the_compose_files_bootstrap_peer_id_matches_its_key() {
+    let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--listen", "/ip4/127.0.0.1/tcp/0", "--skywire-key"])
+        .arg(format!("{deploy}/compose/node1.key"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut peer = None;
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        if let Some(p) = line.unwrap().strip_prefix("peer id: ") {
+            peer = Some(p.to_string());
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let peer = peer.expect("peer id printed");
+    let compose = std::fs::read_to_string(format!("{deploy}/docker-compose.yml")).unwrap();
+    assert!(
+        compose.contains(&format!("/ip4/172.28.0.11/tcp/9480/p2p/{peer}")),
+        "{peer} not in the compose file"
+    );
+}
