@@ -274,6 +274,26 @@ struct FileConfig {
     metrics_listen: Option<std::net::SocketAddr>,
 }
 
+/// Set when logs are JSON: status lines then go through the log as events, so that every
+/// line on standard error is one JSON object.
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A status line on standard error ("peer id: ...", "listening: ..."): plain text, or an
+/// INFO event (ERROR for `error: ...`) when logs are JSON.
+macro_rules! status {
+    ($($arg:tt)*) => {{
+        let line = format!($($arg)*);
+        if JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+            match line.strip_prefix("error: ") {
+                Some(e) => tracing::error!(target: "dht_node", "{e}"),
+                None => tracing::info!(target: "dht_node", "{line}"),
+            }
+        } else {
+            eprintln!("{line}");
+        }
+    }};
+}
+
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
@@ -283,7 +303,7 @@ async fn main() {
             .chain()
             .find_map(|c| c.downcast_ref::<Exit>())
             .map_or(code::ERROR, |x| x.code);
-        eprintln!("error: {}", error_chain(&e));
+        status!("error: {}", error_chain(&e));
         std::process::exit(exit);
     }
 }
@@ -314,7 +334,10 @@ fn init_logs(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Json => {
+            JSON_LOGS.store(true, std::sync::atomic::Ordering::Relaxed);
+            builder.json().init()
+        }
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
     }
 }
@@ -649,6 +672,7 @@ fn build_config(args: &RunArgs) -> Result<(NodeConfig, Option<std::net::SocketAd
 }
 
 async fn run(args: RunArgs) -> Result<()> {
+    let mut stop = StopSignal::new().context("installing the SIGTERM handler")?;
     let (config, metrics_listen) = build_config(&args)?;
     let bootstrap_given = !config.bootstrap.is_empty();
     let listen = config.listen.clone();
@@ -666,46 +690,45 @@ async fn run(args: RunArgs) -> Result<()> {
         .await
         .map_err(|e| explain_start_error(e, &listen, data_dir.as_deref()))?;
     let mut events = node.subscribe();
-    eprintln!("peer id: {}", node.peer_id());
+    status!("peer id: {}", node.peer_id());
     if let Some(addr) = metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the metrics endpoint to {addr}"))?;
-        eprintln!("metrics: http://{}/metrics", listener.local_addr()?);
+        status!("metrics: http://{}/metrics", listener.local_addr()?);
         let node = node.clone();
         tokio::spawn(async move {
             if let Err(e) = dht_node::http::serve(node, listener).await {
-                eprintln!("metrics endpoint stopped: {e}");
+                status!("metrics endpoint stopped: {e}");
             }
         });
     }
     for a in node.listen_addrs() {
-        eprintln!("listening: {a}/p2p/{}", node.peer_id());
+        status!("listening: {a}/p2p/{}", node.peer_id());
     }
     if !bootstrap_given && node.routing_table().is_empty() {
-        eprintln!("no bootstrap peers given: running as a bootstrap node");
+        status!("no bootstrap peers given: running as a bootstrap node");
     }
     let mut progress = tokio::time::interval(Duration::from_secs(2));
     let mut last = usize::MAX;
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = terminated() => break,
+            _ = stop.recv() => break,
             _ = progress.tick() => {
                 let n = node.routing_table().len();
                 if n != last {
-                    eprintln!("joining: {n} peers in the routing table");
+                    status!("joining: {n} peers in the routing table");
                     last = n;
                 }
             }
             ev = events.recv() => {
                 if let Ok(NodeEvent::CatchUpFinished { items, peers }) = ev {
-                    eprintln!("caught up: {items} items from {peers} peers");
+                    status!("caught up: {items} items from {peers} peers");
                 }
             }
         }
     }
-    eprintln!("shutting down");
+    status!("shutting down");
     node.shutdown().await;
     Ok(())
 }
@@ -765,25 +788,49 @@ fn probe_listen(addr: &Multiaddr) -> Option<std::io::Result<()>> {
     None
 }
 
-/// Resolves when the process gets SIGTERM (systemd, docker and Kubernetes stop with it).
-async fn terminated() {
+/// SIGTERM (systemd, docker and Kubernetes stop with it) and SIGINT (Ctrl-C), registered
+/// when created: a signal that arrives before the first wait is kept, not lost (and never
+/// kills the process with the default action once this exists).
+struct StopSignal {
     #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignal {
+    fn new() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(StopSignal {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(StopSignal {})
+    }
+
+    /// Resolves at the next SIGTERM or SIGINT (cancel-safe: usable in a `select!` loop).
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
-    #[cfg(not(unix))]
-    std::future::pending::<()>().await
 }
 
 async fn testnet(nodes: usize, on_disk: bool, join: Option<Multiaddr>) -> Result<()> {
     if nodes == 0 {
         bail!("--nodes must be at least 1");
     }
+    let mut stop = StopSignal::new().context("installing the SIGTERM handler")?;
     let mut config = NodeConfig::local();
     config.bootstrap = join.into_iter().collect();
     let net = Testnet::builder(nodes)
@@ -801,7 +848,7 @@ async fn testnet(nodes: usize, on_disk: bool, join: Option<Multiaddr>) -> Result
     println!("READY {nodes}");
     use std::io::Write;
     std::io::stdout().flush()?;
-    tokio::signal::ctrl_c().await?;
+    stop.recv().await;
     net.shutdown().await;
     Ok(())
 }

@@ -505,6 +505,59 @@ fn logs_are_json_on_request_and_never_coloured_in_a_pipe() {
         .collect();
     assert!(!logs.is_empty(), "{err}");
     assert!(logs.iter().all(|l| l["level"].is_string()), "{err}");
+    // A running node in JSON: every line on stderr is one JSON object, status lines too.
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir"])
+        .arg(dir.path())
+        .env("DHT_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let parse = |l: &str| -> serde_json::Value {
+        serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}"))
+    };
+    let message = |v: &serde_json::Value| v["fields"]["message"].as_str().unwrap_or("").to_owned();
+    let started = Instant::now();
+    for line in lines.by_ref() {
+        if message(&parse(&line.unwrap())).starts_with("listening: /ip4/127.0.0.1/tcp/") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no start");
+    }
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let rest: Vec<serde_json::Value> = lines.map_while(Result::ok).map(|l| parse(&l)).collect();
+    assert!(child.wait().unwrap().success());
+    assert!(
+        rest.iter().any(|v| message(v) == "shutting down"),
+        "{rest:?}"
+    );
+    // The final error too.
+    let out = Command::new(BIN)
+        .args([
+            "run",
+            "--config",
+            "/nonexistent.toml",
+            "--log-format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err: Vec<serde_json::Value> = stderr(&out).lines().map(parse).collect();
+    assert_eq!(err.len(), 1, "{err:?}");
+    assert_eq!(err[0]["level"], "ERROR");
+    assert!(
+        message(&err[0]).contains("reading /nonexistent.toml"),
+        "{err:?}"
+    );
+
     let out = Command::new(BIN)
         .args(args)
         .env("RUST_LOG", "debug")

@@ -105,6 +105,26 @@ fn bad_configuration_is_a_clear_error() {
         assert!(err.contains(expect), "{text}: {err}");
         assert!(!err.contains("panicked"));
     }
+    // In JSON logs the error is one JSON object too.
+    let out = Command::new(BIN)
+        .args(["--config", "/nonexistent.toml", "--log-format", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert_eq!(lines[0]["level"], "ERROR", "{err}");
+    assert!(
+        lines[0]["fields"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("reading /nonexistent.toml"),
+        "{err}"
+    );
 }
 
 /// Starts the sidecar with `args`; returns it and the gateway URL it printed.

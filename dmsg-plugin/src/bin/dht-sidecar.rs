@@ -129,12 +129,32 @@ fn in_range<T: PartialOrd + std::fmt::Display>(key: &str, value: T, min: T, max:
     Ok(value)
 }
 
+/// Set when logs are JSON: status lines then go through the log as events, so that every
+/// line on standard error is one JSON object.
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A status line on standard error ("peer id: ...", "listening: ..."): plain text, or an
+/// INFO event (ERROR for `error: ...`) when logs are JSON.
+macro_rules! status {
+    ($($arg:tt)*) => {{
+        let line = format!($($arg)*);
+        if JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+            match line.strip_prefix("error: ") {
+                Some(e) => tracing::error!(target: "dht_sidecar", "{e}"),
+                None => tracing::info!(target: "dht_sidecar", "{line}"),
+            }
+        } else {
+            eprintln!("{line}");
+        }
+    }};
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
     init_logs(args.log_format);
     if let Err(e) = run(args).await {
-        eprintln!("error: {}", error_chain(&e));
+        status!("error: {}", error_chain(&e));
         std::process::exit(1);
     }
 }
@@ -165,27 +185,49 @@ fn init_logs(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Json => {
+            JSON_LOGS.store(true, std::sync::atomic::Ordering::Relaxed);
+            builder.json().init()
+        }
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
     }
 }
 
-/// Resolves on SIGTERM (systemd, docker and Kubernetes stop with it) or Ctrl-C.
-async fn stop_signal() {
+/// SIGTERM (systemd, docker and Kubernetes stop with it) and SIGINT (Ctrl-C), registered
+/// when created: a signal that arrives before the first wait is kept, not lost (and never
+/// kills the process with the default action once this exists).
+struct StopSignal {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignal {
+    fn new() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(StopSignal {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
+        #[cfg(not(unix))]
+        Ok(StopSignal {})
+    }
+
+    /// Resolves at the next SIGTERM or SIGINT (cancel-safe: usable in a `select!` loop).
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -221,6 +263,7 @@ fn explain_start_error(
 }
 
 async fn run(args: Args) -> Result<()> {
+    let mut stop = StopSignal::new().context("installing the SIGTERM handler")?;
     let file: FileConfig = match &args.config {
         Some(p) => toml::from_str(
             &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
@@ -308,15 +351,15 @@ async fn run(args: Args) -> Result<()> {
             return Err(e).with_context(|| format!("binding the gateway to {http}"));
         }
     };
-    eprintln!("peer id: {}", plugin.node().peer_id());
-    eprintln!("gateway: http://{}", listener.local_addr()?);
+    status!("peer id: {}", plugin.node().peer_id());
+    status!("gateway: http://{}", listener.local_addr()?);
     if let Some(a) = plugin.push_addr() {
-        eprintln!("push api: http://{a}");
+        status!("push api: http://{a}");
     }
     axum::serve(listener, plugin.router())
-        .with_graceful_shutdown(stop_signal())
+        .with_graceful_shutdown(async move { stop.recv().await })
         .await?;
-    eprintln!("shutting down");
+    status!("shutting down");
     plugin.shutdown().await;
     Ok(())
 }
