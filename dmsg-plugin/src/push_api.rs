@@ -45,7 +45,10 @@ fn authorized(headers: &HeaderMap, token: &str) -> bool {
 }
 
 /// The push routes: `PUT /v1/mirror/{salt}/{subject}` (body: the key's full value) and
-/// `DELETE /v1/mirror/{salt}/{subject}`; both answer with the per-key outcome.
+/// `DELETE /v1/mirror/{salt}/{subject}`; both answer with the per-key outcome: 200 when a
+/// majority stored it, 502 when not; 413 (`too_large`) when this node refuses the value as
+/// over its limit and 422 (`rejected`) for its other refusals, at once and never retried
+/// (`{"error", "code", "outcome"}`). A body over `max_body` is a JSON 413 too.
 pub fn router(mirrors: HashMap<String, Arc<Mirror>>, token: String, max_body: usize) -> Router {
     Router::new()
         .route("/v1/mirror/{salt}/{subject}", put(publish).delete(delete))
