@@ -137,7 +137,9 @@ fn testnet_put_get_delete_through_the_binary() {
         None,
     ));
     assert_eq!(del["seq"], 3);
-    let got = json(&run(
+
+    // Exit codes: 4 for a deleted item (its report still printed), 3 for one never stored.
+    let out = run(
         &[
             "get",
             "--bootstrap",
@@ -149,18 +151,166 @@ fn testnet_put_get_delete_through_the_binary() {
             "--quorum",
         ],
         None,
-    ));
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(got["status"], "deleted");
     assert_eq!(got["seq"], 3);
-    let got = json(&run(
+    let out = run(
+        &[
+            "get",
+            "--bootstrap",
+            b,
+            "--subject",
+            &pk,
+            "--salt",
+            "svc",
+            "--raw",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+    let out = run(
         &["get", "--bootstrap", b, "--subject", &pk, "--salt", "never"],
         None,
-    ));
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(got["status"], "not_found");
+    let out = run(
+        &[
+            "get",
+            "--bootstrap",
+            b,
+            "--subject",
+            &pk,
+            "--salt",
+            "never",
+            "--raw",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+
+    // An empty value is refused unless asked for; a delete is `dht-node delete`.
+    for input in [None, Some(dir.path().join("empty"))] {
+        let mut args = vec!["put", "--bootstrap", b, "--key", key_s, "--salt", "e"];
+        if let Some(f) = &input {
+            std::fs::write(f, b"").unwrap();
+            args.extend(["--value-file", f.to_str().unwrap()]);
+        }
+        let out = run(&args, Some(b""));
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = stderr(&out);
+        assert!(
+            err.contains("is empty") && err.contains("--allow-empty"),
+            "{err}"
+        );
+        assert!(out.stdout.is_empty());
+    }
+    let put = json(&run(
+        &[
+            "put",
+            "--bootstrap",
+            b,
+            "--key",
+            key_s,
+            "--salt",
+            "e",
+            "--allow-empty",
+        ],
+        Some(b""),
+    ));
+    assert_eq!(put["seq"], 1);
+    let out = run(
+        &[
+            "get",
+            "--bootstrap",
+            b,
+            "--subject",
+            &pk,
+            "--salt",
+            "e",
+            "--raw",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
 
     let peers = run(&["peers", "--bootstrap", b], None);
     assert!(peers.status.success());
     assert_eq!(String::from_utf8_lossy(&peers.stdout).lines().count(), 4);
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A `/p2p/` address on a loopback port where nothing listens.
+fn dead_address() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("/ip4/127.0.0.1/tcp/{port}/p2p/{DEAD_PEER}")
+}
+
+/// A well-formed peer id nobody runs.
+const DEAD_PEER: &str = "16Uiu2HAmHzBkRq62mG95vsjKMuYQBezZCtjPXYWUoyVxMxi71aB3";
+
+#[test]
+fn nothing_listening_is_exit_2_and_no_peer_listed() {
+    let dead = dead_address();
+    let started = Instant::now();
+    let out = run(
+        &[
+            "get",
+            "--bootstrap",
+            &dead,
+            "--subject",
+            &format!("02{}", "ab".repeat(32)),
+            "--salt",
+            "tp",
+            "--timeout",
+            "10",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no peer answered"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["peers", "--bootstrap", &dead, "--timeout", "10"], None);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        stderr(&out).contains("no peer answered"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn peers_lists_only_the_peers_that_answered() {
+    let net = start_testnet(3);
+    let both = format!("{},{}", net.bootstrap, dead_address());
+    let out = run(&["peers", "--bootstrap", &both], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(!text.contains(DEAD_PEER), "{text}");
+    let boot_id = net.bootstrap.rsplit('/').next().unwrap();
+    assert!(text.contains(boot_id), "{text}");
 }
 
 #[test]
@@ -237,6 +387,187 @@ fn bad_input_gets_a_clear_message_and_a_non_zero_exit() {
     let out = run(&["run", "--config", bad_toml.to_str().unwrap()], None);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid configuration"));
+
+    // Values out of range are refused before anything starts, naming the key.
+    for (text, key) in [
+        ("replication = 0", "replication = 0"),
+        ("replication = 1000", "replication = 1000"),
+        ("ttl_secs = 0", "ttl_secs = 0"),
+        ("ttl_secs = 99999999999", "ttl_secs = 99999999999"),
+        ("max_value_len = 0", "max_value_len = 0"),
+        ("max_value_len = 1000000000", "max_value_len = 1000000000"),
+        ("republish_interval_secs = 0", "republish_interval_secs = 0"),
+        ("max_connected_peers = 0", "max_connected_peers = 0"),
+    ] {
+        let file = dir.path().join("range.toml");
+        std::fs::write(
+            &file,
+            format!("data_dir = {:?}\n{text}\n", dir.path().join("data")),
+        )
+        .unwrap();
+        let out = run(&["run", "--config", file.to_str().unwrap()], None);
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        let err = stderr(&out);
+        assert!(
+            err.contains(key) && err.contains("out of range"),
+            "{text}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!dir.path().join("data").exists(), "{text}: started anyway");
+    }
+    let out = run(&["run", "--max-value-len", "0"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("max_value_len = 0"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn listener_errors_name_the_address_and_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("/ip4/127.0.0.1/tcp/{}", taken.local_addr().unwrap().port());
+    let data = dir.path().join("a");
+    let out = run(
+        &[
+            "run",
+            "--listen",
+            &addr,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains(&addr), "{err}");
+    assert!(err.contains("in use"), "{err}");
+    assert!(!err.trim_end().ends_with(':'), "{err}");
+
+    // The same data directory twice: one message naming the store's path.
+    let data = dir.path().join("b");
+    let mut first = Command::new(BIN)
+        .args(["run", "--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir"])
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(first.stderr.take().unwrap()).lines();
+    let started = Instant::now();
+    for line in lines.by_ref() {
+        if line.unwrap().starts_with("listening: ") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no start");
+    }
+    let out = run(
+        &[
+            "run",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        None,
+    );
+    let _ = first.kill();
+    let _ = first.wait();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    let path = data.display().to_string();
+    assert!(err.contains(&path), "{err}");
+    assert_eq!(err.matches(&path).count(), 1, "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.contains("error")).count(),
+        1,
+        "{err}"
+    );
+}
+
+#[test]
+fn logs_are_json_on_request_and_never_coloured_in_a_pipe() {
+    let dead = dead_address();
+    let args = ["peers", "--bootstrap", &dead, "--timeout", "2"];
+    let out = Command::new(BIN)
+        .args(args)
+        .args(["--log-format", "json"])
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    let logs: Vec<serde_json::Value> = err
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert!(!logs.is_empty(), "{err}");
+    assert!(logs.iter().all(|l| l["level"].is_string()), "{err}");
+    // A running node in JSON: every line on stderr is one JSON object, status lines too.
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir"])
+        .arg(dir.path())
+        .env("DHT_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let parse = |l: &str| -> serde_json::Value {
+        serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}"))
+    };
+    let message = |v: &serde_json::Value| v["fields"]["message"].as_str().unwrap_or("").to_owned();
+    let started = Instant::now();
+    for line in lines.by_ref() {
+        if message(&parse(&line.unwrap())).starts_with("listening: /ip4/127.0.0.1/tcp/") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no start");
+    }
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let rest: Vec<serde_json::Value> = lines.map_while(Result::ok).map(|l| parse(&l)).collect();
+    assert!(child.wait().unwrap().success());
+    assert!(
+        rest.iter().any(|v| message(v) == "shutting down"),
+        "{rest:?}"
+    );
+    // The final error too.
+    let out = Command::new(BIN)
+        .args([
+            "run",
+            "--config",
+            "/nonexistent.toml",
+            "--log-format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err: Vec<serde_json::Value> = stderr(&out).lines().map(parse).collect();
+    assert_eq!(err.len(), 1, "{err:?}");
+    assert_eq!(err[0]["level"], "ERROR");
+    assert!(
+        message(&err[0]).contains("reading /nonexistent.toml"),
+        "{err:?}"
+    );
+
+    let out = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "debug")
+        .env("DHT_LOG_FORMAT", "text")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(err.lines().count() > 1, "{err}");
+    assert!(!err.contains('\u{1b}'), "{err}");
+    assert!(!err.lines().any(|l| l.starts_with('{')), "{err}");
 }
 
 /// A plain HTTP/1.1 GET on loopback; returns the body.
@@ -260,9 +591,13 @@ fn http_get(url: &str) -> String {
 #[test]
 fn run_serves_metrics_and_health_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
+    // The documented example configuration, with the addresses and directory overridden.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/dht-node.toml");
     let mut child = Command::new(BIN)
         .args([
             "run",
+            "--config",
+            example,
             "--listen",
             "/ip4/127.0.0.1/tcp/0",
             "--metrics-listen",
@@ -317,4 +652,36 @@ fn run_serves_metrics_and_health_and_stops_cleanly_on_sigterm() {
     let status = child.wait().unwrap();
     assert!(status.success(), "exit {status:?}: {rest:?}");
     assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
+}
+
+/// deploy/docker-compose.yml names node1's peer id, derived from deploy/compose/node1.key:
+/// the two must agree, or the other nodes bootstrap to nobody.
+#[test]
+fn the_compose_files_bootstrap_peer_id_matches_its_key() {
+    let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--listen", "/ip4/127.0.0.1/tcp/0", "--skywire-key"])
+        .arg(format!("{deploy}/compose/node1.key"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut peer = None;
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        if let Some(p) = line.unwrap().strip_prefix("peer id: ") {
+            peer = Some(p.to_string());
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let peer = peer.expect("peer id printed");
+    let compose = std::fs::read_to_string(format!("{deploy}/docker-compose.yml")).unwrap();
+    assert!(
+        compose.contains(&format!("/ip4/172.28.0.11/tcp/9480/p2p/{peer}")),
+        "{peer} not in the compose file"
+    );
 }

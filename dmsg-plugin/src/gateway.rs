@@ -8,7 +8,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Query, State};
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -116,6 +117,43 @@ impl From<NodeError> for ApiError {
     }
 }
 
+/// Query parameters; a malformed query string (`?quorum=null`) is a JSON 400 on every
+/// route, never axum's plain-text rejection.
+struct Params<T>(T);
+
+impl<T, S> FromRequestParts<S> for Params<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(t)| Params(t))
+            .map_err(|e| ApiError::bad_request("bad_query", e.body_text()))
+    }
+}
+
+/// Path parameters, with a JSON error when they do not decode.
+struct Path<T>(T);
+
+impl<T, S> FromRequestParts<S> for Path<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(t)| Path(t))
+            .map_err(|e| ApiError::new(e.status(), "bad_path", e.body_text()))
+    }
+}
+
 /// The gateway's routes over `node`.
 pub fn router(node: Node, config: GatewayConfig) -> Router {
     let max_body = config.max_body;
@@ -131,6 +169,13 @@ pub fn router(node: Node, config: GatewayConfig) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(Gateway { node, config })
 }
@@ -192,7 +237,7 @@ struct ReadParams {
 async fn transports_v3(
     State(g): State<Gateway>,
     Path(edge): Path<String>,
-    Query(p): Query<ReadParams>,
+    Params(p): Params<ReadParams>,
 ) -> Result<Response, ApiError> {
     let edge = edge_of(&edge)?;
     let report = g.read(edge, SALT_TRANSPORTS, p.quorum).await?;
@@ -207,7 +252,7 @@ async fn transports_v3(
 async fn transports_v2(
     State(g): State<Gateway>,
     Path(edge): Path<String>,
-    Query(p): Query<ReadParams>,
+    Params(p): Params<ReadParams>,
 ) -> Result<Response, ApiError> {
     let edge = edge_of(&edge)?;
     let report = g.read(edge, SALT_TRANSPORTS, p.quorum).await?;
@@ -252,9 +297,8 @@ async fn service_list(
 /// discovery's list shape.
 async fn services_of_visor(
     State(g): State<Gateway>,
-    q: Result<Query<ServiceQuery>, axum::extract::rejection::QueryRejection>,
+    Params(q): Params<ServiceQuery>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
     let visor = q.visor.as_deref().ok_or_else(|| {
         ApiError::bad_request(
             "bad_query",
@@ -274,9 +318,10 @@ async fn services_of_visor(
 async fn service_by_addr(
     State(g): State<Gateway>,
     Path(addr): Path<String>,
+    Params(p): Params<ReadParams>,
 ) -> Result<Response, ApiError> {
     let visor = parse_pk(crate::adapters::visor_of(&addr))?;
-    let list = service_list(&g, visor, false).await?;
+    let list = service_list(&g, visor, p.quorum).await?;
     list.into_iter()
         .find(|s| s.address == addr)
         .map(|s| Json(s).into_response())
@@ -287,7 +332,7 @@ async fn service_by_addr(
 async fn dmsg_entry(
     State(g): State<Gateway>,
     Path(pk): Path<String>,
-    Query(p): Query<ReadParams>,
+    Params(p): Params<ReadParams>,
 ) -> Result<Response, ApiError> {
     let pk = parse_pk(&pk)?;
     let report = g.read(pk, SALT_DMSG, p.quorum).await?;
@@ -306,7 +351,7 @@ async fn dmsg_entry(
 async fn raw_item(
     State(g): State<Gateway>,
     Path((salt, subject)): Path<(String, String)>,
-    Query(p): Query<ReadParams>,
+    Params(p): Params<ReadParams>,
 ) -> Result<Response, ApiError> {
     let subject = parse_pk(&subject)?;
     if salt.len() > dht_core::MAX_SALT_LEN {

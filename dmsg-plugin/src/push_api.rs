@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -14,7 +15,7 @@ use axum::routing::put;
 use axum::{Json, Router};
 use dht_core::PublicKey;
 
-use crate::mirror::{Mirror, MirrorAction};
+use crate::mirror::{KeyOutcome, Mirror, MirrorAction};
 
 #[derive(Clone)]
 struct PushState {
@@ -44,7 +45,10 @@ fn authorized(headers: &HeaderMap, token: &str) -> bool {
 }
 
 /// The push routes: `PUT /v1/mirror/{salt}/{subject}` (body: the key's full value) and
-/// `DELETE /v1/mirror/{salt}/{subject}`; both answer with the per-key outcome.
+/// `DELETE /v1/mirror/{salt}/{subject}`; both answer with the per-key outcome: 200 when a
+/// majority stored it, 502 when not; 413 (`too_large`) when this node refuses the value as
+/// over its limit and 422 (`rejected`) for its other refusals, at once and never retried
+/// (`{"error", "code", "outcome"}`). A body over `max_body` is a JSON 413 too.
 pub fn router(mirrors: HashMap<String, Arc<Mirror>>, token: String, max_body: usize) -> Router {
     Router::new()
         .route("/v1/mirror/{salt}/{subject}", put(publish).delete(delete))
@@ -95,15 +99,71 @@ fn resolve(
     Ok((mirror, pk))
 }
 
+/// A body over the HTTP limit (or unreadable) as a JSON error.
+fn body_refusal(e: BytesRejection) -> Response {
+    let status = e.status();
+    let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "too_large"
+    } else {
+        "bad_body"
+    };
+    error(status, code, e.body_text())
+}
+
+/// The answer to a mirrored key: 200 when a majority stored it; 413 or 422 when this
+/// node's own rules refused it (no replica would take it; never retried); 502 otherwise.
+fn outcome_response(outcome: KeyOutcome) -> Response {
+    let local = outcome
+        .rejected
+        .iter()
+        .find_map(|r| r.strip_prefix("local: "))
+        .map(str::to_owned);
+    if outcome.ok {
+        return (StatusCode::OK, Json(outcome)).into_response();
+    }
+    match local {
+        Some(reason) => {
+            let (status, code) = if reason.starts_with("too_large") {
+                (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
+            } else {
+                (StatusCode::UNPROCESSABLE_ENTITY, "rejected")
+            };
+            (
+                status,
+                Json(serde_json::json!({
+                    "error": format!("refused by this node: {reason}"),
+                    "code": code,
+                    "outcome": outcome,
+                })),
+            )
+                .into_response()
+        }
+        None => (StatusCode::BAD_GATEWAY, Json(outcome)).into_response(),
+    }
+}
+
+/// Path parameters, with a JSON error when they do not parse.
+fn path_refusal(e: PathRejection) -> Response {
+    error(e.status(), "bad_path", e.body_text())
+}
+
 async fn publish(
     State(s): State<PushState>,
     headers: HeaderMap,
-    Path((salt, subject)): Path<(String, String)>,
-    body: Bytes,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let Path((salt, subject)) = match path {
+        Ok(p) => p,
+        Err(e) => return path_refusal(e),
+    };
     let (mirror, pk) = match resolve(&s, &headers, &salt, &subject) {
         Ok(v) => v,
         Err(r) => return r.into_response(),
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return body_refusal(e),
     };
     if serde_json::from_slice::<serde_json::Value>(&body).is_err() {
         return error(
@@ -117,29 +177,21 @@ async fn publish(
     } else {
         MirrorAction::Publish(body.to_vec())
     };
-    let outcome = mirror.mirror(pk, action).await;
-    let status = if outcome.ok {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_GATEWAY
-    };
-    (status, Json(outcome)).into_response()
+    outcome_response(mirror.mirror(pk, action).await)
 }
 
 async fn delete(
     State(s): State<PushState>,
     headers: HeaderMap,
-    Path((salt, subject)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
 ) -> Response {
+    let Path((salt, subject)) = match path {
+        Ok(p) => p,
+        Err(e) => return path_refusal(e),
+    };
     let (mirror, pk) = match resolve(&s, &headers, &salt, &subject) {
         Ok(v) => v,
         Err(r) => return r.into_response(),
     };
-    let outcome = mirror.mirror(pk, MirrorAction::Delete).await;
-    let status = if outcome.ok {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_GATEWAY
-    };
-    (status, Json(outcome)).into_response()
+    outcome_response(mirror.mirror(pk, MirrorAction::Delete).await)
 }

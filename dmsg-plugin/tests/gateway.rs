@@ -522,3 +522,115 @@ async fn the_pusher_copies_dmsg_entries_back_to_the_http_discovery() {
     assert_eq!(*received.lock(), vec![entry.into_bytes()]);
     plugin.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_api_refuses_oversized_values_at_once_with_json_413() {
+    let mirror_key = SigningKey::generate_secp256k1();
+    let mut node = NodeConfig::local();
+    node.policy = Policy::default().authorize("tp", mirror_key.public_key());
+    node.policy.max_value_len = 1000;
+    let mut config = PluginConfig {
+        node,
+        ..PluginConfig::default()
+    };
+    config.gateway.max_body = 4096;
+    config.mirror_keys.insert("tp".into(), mirror_key.clone());
+    let token = "0123456789abcdef-token";
+    config.push = Some(PushConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        token: token.into(),
+        allow_non_loopback: false,
+    });
+    let plugin = DhtPlugin::start(None, config).await.unwrap();
+    let push = format!("http://{}", plugin.push_addr().unwrap());
+    let http = reqwest::Client::new();
+    let edge = pk_hex(&SigningKey::generate_secp256k1());
+    let put = |body: Vec<u8>| {
+        http.put(format!("{push}/v1/mirror/tp/{edge}"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(body)
+            .send()
+    };
+    let json_string = |n: usize| format!("\"{}\"", "a".repeat(n)).into_bytes();
+
+    // Within both limits: stored (this node alone is the whole responsible set).
+    let r = put(json_string(100)).await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Over the node's value limit but within the HTTP limit: this node's own rules
+    // refuse it, answered at once (never retried) with the outcome.
+    let started = std::time::Instant::now();
+    let r = put(json_string(2000)).await.unwrap();
+    assert_eq!(r.status(), 413);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2), "{body}");
+    assert_eq!(body["code"], "too_large", "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("too_large"),
+        "{body}"
+    );
+    assert_eq!(body["outcome"]["attempts"], 1, "{body}");
+    assert!(
+        body["outcome"]["rejected"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("local: too_large"),
+        "{body}"
+    );
+
+    // Over the HTTP body limit: a JSON 413 too, not axum's plain text.
+    let r = put(json_string(10_000)).await.unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(
+        r.headers()["content-type"].to_str().unwrap(),
+        "application/json"
+    );
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "too_large", "{body}");
+    plugin.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_query_strings_are_json_400_on_every_route() {
+    let net = Testnet::builder(1).build().await.unwrap();
+    let url = serve(dmsg_plugin::gateway::router(
+        net.nodes[0].clone(),
+        GatewayConfig::default(),
+    ))
+    .await;
+    let pk = SigningKey::generate_secp256k1().public_key().to_hex();
+    let http = reqwest::Client::new();
+    for path in [
+        format!("/v3/transports/edge:{pk}?quorum=null"),
+        format!("/transports/edge:{pk}?quorum=null"),
+        format!("/api/services?visor={pk}&quorum=null"),
+        format!("/api/services/{pk}:44?quorum=null"),
+        format!("/dmsg-discovery/entry/{pk}?quorum=1"),
+        format!("/v1/items/tp/{pk}?quorum=yes"),
+    ] {
+        let r = http.get(format!("{url}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        assert_eq!(
+            r.headers()["content-type"].to_str().unwrap(),
+            "application/json",
+            "{path}"
+        );
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["code"], "bad_query", "{path}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("quorum"),
+            "{path}: {body}"
+        );
+    }
+    let r = http
+        .get(format!("{url}/v3/transports/edge:{pk}?quorum=true"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http.delete(format!("{url}/health")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "method_not_allowed");
+    net.shutdown().await;
+}

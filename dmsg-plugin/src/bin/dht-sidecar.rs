@@ -5,25 +5,63 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Parser;
 use dht_core::{Policy, PublicKey, SigningKey};
 use dht_node::{Multiaddr, NodeConfig};
 use dmsg_plugin::{DhtPlugin, PluginConfig, PushConfig};
 
+/// Default gateway address.
+const DEFAULT_HTTP: &str = "127.0.0.1:9481";
+
+/// The configuration file's keys, exit codes and environment, shown by `--help`.
+const HELP: &str = "\
+Configuration file (TOML, --config; flags override it; every key optional; a commented
+example is deploy/dht-sidecar.toml):
+  http_listen = \"127.0.0.1:9481\"     gateway address (--http overrides) [127.0.0.1:9481]
+  data_dir = \"/var/lib/dht-sidecar\"  key, redb store, routing table, mirror queues [./dht-data]
+  port = 9480                        DHT port, TCP and QUIC on all interfaces [9480]
+  bootstrap = [\"/ip4/../tcp/../p2p/<id>\"]  peers to join through [none: a bootstrap node]
+  identity_key = \"/etc/dmsg/secret.key\"  the DMSG server's secp256k1 key as node identity
+  max_value_len = 1048576            largest value accepted, bytes [1 MiB; 1 to 64 MiB]
+  ttl_secs = 21600                   longest an item is kept after a put [6 h; 1 s to 1 year]
+  replication = 20                   replicas per item, Kademlia k [20; 1 to 100]
+  push_listen = \"127.0.0.1:9482\"     HTTP push API address [off]
+  push_token = \"...\"                 bearer token of the push API (needed with push_listen)
+  push_allow_non_loopback = false    allow push_listen on a non-loopback address
+  [authorized_publishers]            salt -> hex public keys allowed to publish any subject
+  tp = [\"02ab...\"]
+  [mirror_keys]                      salt -> this server's mirror secret key file
+  tp = \"/etc/dht/tp-mirror.key\"
+  [pusher]                           salt -> URL DHT values are pushed back to (not tp/svc)
+  dmsg = \"http://127.0.0.1:9090/\"
+A value out of range is refused with a message naming the key.
+
+Exit codes: 0 clean stop (SIGTERM or Ctrl-C), 1 error (configuration, start-up).
+
+Environment:
+  RUST_LOG            log filter (tracing EnvFilter), default \"info,libp2p=warn\"
+  DHT_LOG_FORMAT      text (default) or json, as --log-format
+  DHT_SIDECAR_CONFIG  the configuration file, as --config
+Logs go to standard error, without colours unless it is a terminal.";
+
 #[derive(Parser)]
 #[command(
     name = "dht-sidecar",
     version,
-    about = "Skywire DHT full node + HTTP gateway for DMSG servers"
+    about = "Skywire DHT full node + HTTP gateway for DMSG servers",
+    after_help = HELP
 )]
 struct Args {
-    /// TOML configuration file.
+    /// TOML configuration file (keys listed below).
     #[arg(long, env = "DHT_SIDECAR_CONFIG")]
     config: Option<PathBuf>,
-    /// Gateway listen address.
-    #[arg(long, default_value = "127.0.0.1:9481")]
-    http: SocketAddr,
+    /// Gateway listen address (overrides `http_listen`; default 127.0.0.1:9481).
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// Log format on standard error.
+    #[arg(long, value_enum, env = "DHT_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// Data directory (overrides the file).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -35,10 +73,23 @@ struct Args {
     bootstrap: Vec<Multiaddr>,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// The sidecar's configuration file.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
+    /// The gateway's listen address.
+    http_listen: Option<SocketAddr>,
+    max_value_len: Option<usize>,
+    ttl_secs: Option<u64>,
+    replication: Option<usize>,
     data_dir: Option<PathBuf>,
     port: Option<u16>,
     #[serde(default)]
@@ -66,22 +117,153 @@ fn read_secret(path: &PathBuf) -> Result<SigningKey> {
     SigningKey::from_key_file(&text).with_context(|| format!("{}: malformed key", path.display()))
 }
 
+/// Largest `max_value_len` accepted (frames and buffers grow with it).
+const MAX_VALUE_LEN_LIMIT: usize = 64 * 1024 * 1024;
+const YEAR_SECS: u64 = 365 * 24 * 60 * 60;
+
+/// `value` if within `min..=max`, else an error naming the configuration key.
+fn in_range<T: PartialOrd + std::fmt::Display>(key: &str, value: T, min: T, max: T) -> Result<T> {
+    if value < min || value > max {
+        bail!("invalid configuration: {key} = {value} is out of range (expected {min} to {max})");
+    }
+    Ok(value)
+}
+
+/// Set when logs are JSON: status lines then go through the log as events, so that every
+/// line on standard error is one JSON object.
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A status line on standard error ("peer id: ...", "listening: ..."): plain text, or an
+/// INFO event (ERROR for `error: ...`) when logs are JSON.
+macro_rules! status {
+    ($($arg:tt)*) => {{
+        let line = format!($($arg)*);
+        if JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+            match line.strip_prefix("error: ") {
+                Some(e) => tracing::error!(target: "dht_sidecar", "{e}"),
+                None => tracing::info!(target: "dht_sidecar", "{line}"),
+            }
+        } else {
+            eprintln!("{line}");
+        }
+    }};
+}
+
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    if let Err(e) = run(Args::parse()).await {
-        eprintln!("error: {e:#}");
+    let args = Args::parse();
+    init_logs(args.log_format);
+    if let Err(e) = run(args).await {
+        status!("error: {}", error_chain(&e));
         std::process::exit(1);
     }
 }
 
+/// The error and its causes, joined by ": ", each cause once (some errors repeat their
+/// source in their own message).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+/// Logs on standard error: `RUST_LOG` filters, colours only on a terminal.
+fn init_logs(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => {
+            JSON_LOGS.store(true, std::sync::atomic::Ordering::Relaxed);
+            builder.json().init()
+        }
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
+/// SIGTERM (systemd, docker and Kubernetes stop with it) and SIGINT (Ctrl-C), registered
+/// when created: a signal that arrives before the first wait is kept, not lost (and never
+/// kills the process with the default action once this exists).
+struct StopSignal {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignal {
+    fn new() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(StopSignal {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(StopSignal {})
+    }
+
+    /// Resolves at the next SIGTERM or SIGINT (cancel-safe: usable in a `select!` loop).
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// A start-up failure, clearer: a locked store names its file once; a DHT listener failure
+/// gets the OS cause the node's error lost (the TCP and UDP port is bound once more here).
+fn explain_start_error(
+    e: dmsg_plugin::PluginError,
+    port: u16,
+    data_dir: &std::path::Path,
+) -> anyhow::Error {
+    use dmsg_plugin::PluginError;
+    if let PluginError::Node(dht_node::NodeError::Store(store)) = &e {
+        if store.to_string().contains("already open") {
+            return anyhow::anyhow!(
+                "{} is locked by another process: is a node already running on this data \
+                 directory?",
+                data_dir.join("items.redb").display()
+            );
+        }
+    }
+    if !matches!(&e, PluginError::Node(dht_node::NodeError::Transport(_))) || port == 0 {
+        return e.into();
+    }
+    let tcp = std::net::TcpListener::bind(("0.0.0.0", port)).map(drop);
+    let udp = std::net::UdpSocket::bind(("0.0.0.0", port)).map(drop);
+    match (tcp, udp) {
+        (Err(cause), _) => anyhow::anyhow!("cannot listen on /ip4/0.0.0.0/tcp/{port}: {cause}"),
+        (_, Err(cause)) => {
+            anyhow::anyhow!("cannot listen on /ip4/0.0.0.0/udp/{port}/quic-v1: {cause}")
+        }
+        _ => e.into(),
+    }
+}
+
 async fn run(args: Args) -> Result<()> {
+    let mut stop = StopSignal::new().context("installing the SIGTERM handler")?;
     let file: FileConfig = match &args.config {
         Some(p) => toml::from_str(
             &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
@@ -112,6 +294,15 @@ async fn run(args: Args) -> Result<()> {
             .unwrap_or_else(|| PathBuf::from("dht-data")),
     );
     let mut policy = Policy::default();
+    if let Some(n) = file.max_value_len {
+        policy.max_value_len = in_range("max_value_len", n, 1, MAX_VALUE_LEN_LIMIT)?;
+    }
+    if let Some(s) = file.ttl_secs {
+        policy.ttl = std::time::Duration::from_secs(in_range("ttl_secs", s, 1, YEAR_SECS)?);
+    }
+    if let Some(k) = file.replication {
+        node.replication = in_range("replication", k, 1, 100)?;
+    }
     for (salt, keys) in &file.authorized_publishers {
         for k in keys {
             let pk: PublicKey = k
@@ -145,20 +336,30 @@ async fn run(args: Args) -> Result<()> {
         )?),
         None => None,
     };
-    let plugin = DhtPlugin::start(identity, config).await?;
-    let listener = tokio::net::TcpListener::bind(args.http)
+    let http = match args.http.or(file.http_listen) {
+        Some(a) => a,
+        None => DEFAULT_HTTP.parse()?,
+    };
+    let data_dir = config.node.data_dir.clone().unwrap_or_default();
+    let plugin = DhtPlugin::start(identity, config)
         .await
-        .with_context(|| format!("binding the gateway to {}", args.http))?;
-    eprintln!("peer id: {}", plugin.node().peer_id());
-    eprintln!("gateway: http://{}", listener.local_addr()?);
+        .map_err(|e| explain_start_error(e, port, &data_dir))?;
+    let listener = match tokio::net::TcpListener::bind(http).await {
+        Ok(l) => l,
+        Err(e) => {
+            plugin.shutdown().await;
+            return Err(e).with_context(|| format!("binding the gateway to {http}"));
+        }
+    };
+    status!("peer id: {}", plugin.node().peer_id());
+    status!("gateway: http://{}", listener.local_addr()?);
     if let Some(a) = plugin.push_addr() {
-        eprintln!("push api: http://{a}");
+        status!("push api: http://{a}");
     }
     axum::serve(listener, plugin.router())
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(async move { stop.recv().await })
         .await?;
+    status!("shutting down");
     plugin.shutdown().await;
     Ok(())
 }
