@@ -58,7 +58,7 @@ fn production_snapshot() -> Vec<TransportEntry> {
             &key(a),
             &key(b),
             types[i % 4],
-            if i % 10 == 0 { "user" } else { "automatic" },
+            if i.is_multiple_of(10) { "user" } else { "automatic" },
         );
         if seen.insert(e.t_id.clone()) {
             out.push(e);
