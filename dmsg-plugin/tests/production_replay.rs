@@ -58,7 +58,11 @@ fn production_snapshot() -> Vec<TransportEntry> {
             &key(a),
             &key(b),
             types[i % 4],
-            if i.is_multiple_of(10) { "user" } else { "automatic" },
+            if i.is_multiple_of(10) {
+                "user"
+            } else {
+                "automatic"
+            },
         );
         if seen.insert(e.t_id.clone()) {
             out.push(e);
