@@ -1,8 +1,8 @@
 //! The put query. The item goes at once to the responsible set as the routing table knows
 //! it (stand-ins replacing replicas that are down) while a lookup confirms the set; the
 //! put returns as soon as a majority of the responsible set holds the item and the
-//! stragglers had a grace as long as the majority took (never a timeout's worth). What is
-//! still in flight then finishes in the background.
+//! stragglers had a grace of twice what the majority took (never a timeout's worth). What
+//! is still in flight then finishes in the background.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ use crate::report::{PutReport, ReplicaOutcome, ReplicaResult};
 use crate::NodeError;
 
 /// Shortest wait for stragglers once a majority stored.
-const MIN_STRAGGLER_GRACE: Duration = Duration::from_millis(5);
+const MIN_STRAGGLER_GRACE: Duration = Duration::from_millis(25);
 
 /// One put in progress.
 struct PutQuery {
@@ -215,7 +215,7 @@ impl Node {
                 break;
             }
             let deadline = majority_at.map(|at| {
-                let grace = at.duration_since(started).max(MIN_STRAGGLER_GRACE);
+                let grace = (at.duration_since(started) * 2).max(MIN_STRAGGLER_GRACE);
                 // A responsible set smaller than k before any bootstrap round finished
                 // may only mean the routing table is young: give the lookup longer to
                 // find the rest. After one, the table is the membership.

@@ -270,23 +270,36 @@ async fn the_production_case_mirrors_one_full_list_per_edge() {
     sd_store.register(socks.clone());
     let o = sd_mirror.on_batch([&socks]).await;
     assert!(o.failed().is_empty());
-    let listed: Vec<ServiceEntry> = http
-        .get(format!("{gateway_url}/api/services?visor={visor}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // The push returned once a majority held the new list; the gateway's node may have
+    // been one of the replicas still answering: it serves the new list within moments.
+    let started = std::time::Instant::now();
+    let listed: Vec<ServiceEntry> = loop {
+        let listed: Vec<ServiceEntry> = http
+            .get(format!("{gateway_url}/api/services?visor={visor}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if listed.len() == 2 || started.elapsed() > Duration::from_secs(5) {
+            break listed;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(listed.len(), 2);
     let types: HashSet<&str> = listed.iter().map(|s| s.service_type.as_str()).collect();
     assert_eq!(types, HashSet::from(["vpn", "skysocks"]));
     let vpn_pk: PublicKey = visor.parse().unwrap();
-    let got = net.nodes[4]
-        .get(vpn_pk, b"svc", GetMode::First)
-        .await
-        .unwrap();
-    assert_eq!(got.value(), Some(&encode_service_list(&[vpn, socks])[..]));
+    let both = encode_service_list(&[vpn, socks]);
+    eventually("node 4 reads the new service list", || async {
+        let got = net.nodes[4]
+            .get(vpn_pk, b"svc", GetMode::First)
+            .await
+            .unwrap();
+        got.value() == Some(&both[..])
+    })
+    .await;
 
     // DMSG: a deleted entry's twin reads as deleted.
     let dmsg_store = Arc::new(MemoryDmsgStore::default());
@@ -303,31 +316,56 @@ async fn the_production_case_mirrors_one_full_list_per_edge() {
         .set(DmsgEntry::from_json(raw.clone().into_bytes()).unwrap())
         .unwrap();
     assert!(dmsg_mirror.on_change([pk]).await.failed().is_empty());
-    let entry = http
-        .get(format!("{gateway_url}/dmsg-discovery/entry/{server}"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    assert_eq!(&entry[..], raw.as_bytes());
+    eventually("the gateway serves the DMSG entry", || async {
+        let entry = http
+            .get(format!("{gateway_url}/dmsg-discovery/entry/{server}"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        &entry[..] == raw.as_bytes()
+    })
+    .await;
     dmsg_store.delete(&pk);
     let o = dmsg_mirror.on_change([pk]).await;
     assert_eq!(o.keys[0].action, "delete");
     for n in &net.nodes {
-        assert!(n
-            .get(pk, b"dmsg", GetMode::First)
-            .await
-            .unwrap()
-            .is_deleted());
+        eventually("every node reads the entry as deleted", || async {
+            n.get(pk, b"dmsg", GetMode::First)
+                .await
+                .unwrap()
+                .is_deleted()
+        })
+        .await;
     }
-    let r = http
-        .get(format!("{gateway_url}/dmsg-discovery/entry/{server}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    eventually("the gateway answers 404 for the deleted entry", || async {
+        let r = http
+            .get(format!("{gateway_url}/dmsg-discovery/entry/{server}"))
+            .send()
+            .await
+            .unwrap();
+        r.status() == 404
+    })
+    .await;
 
     net.shutdown().await;
+}
+
+/// Waits (up to 5 s) until `check` holds: a put returns once a majority of the replicas
+/// holds the item, and a replica still answering then catches up within moments.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
