@@ -874,6 +874,18 @@ impl Driver {
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 debug!(%peer, %error, "inbound request failed");
+                // A frame far over the limit is no honest mistake: drop the connection,
+                // so the bytes already in flight behind it stop costing anything.
+                if let request_response::InboundFailure::Io(e) = &error {
+                    if e.kind() == std::io::ErrorKind::InvalidData
+                        && e.to_string().contains("exceeds the limit")
+                    {
+                        self.shared
+                            .metrics
+                            .count_put(b"", Err(dht_core::ReasonCode::TooLarge));
+                        let _ = self.swarm.disconnect_peer_id(peer);
+                    }
+                }
             }
             request_response::Event::ResponseSent { .. } => {}
         }
