@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod network;
 pub mod node;
 mod placement;
+pub mod process;
 pub mod protocol;
 mod put;
 pub mod report;

@@ -1,6 +1,7 @@
 //! The `dht-node` binary: run a full node (bootstrap or member), create keys, put, get and
 //! delete items, list peers, and start a local testnet.
 
+use dht_node::process::{LogFormat, StopSignal};
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -66,14 +67,6 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// Exit codes a script can rely on (see [`MAIN_HELP`]).
@@ -325,21 +318,13 @@ fn error_chain(e: &anyhow::Error) -> String {
     out
 }
 
-/// Logs on standard error: `RUST_LOG` filters, colours only on a terminal.
+/// Logs as `format` says (see [`dht_node::process::init_logs`]); JSON also for this
+/// binary's own status lines.
 fn init_logs(format: LogFormat) {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => {
-            JSON_LOGS.store(true, std::sync::atomic::Ordering::Relaxed);
-            builder.json().init()
-        }
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    if format == LogFormat::Json {
+        JSON_LOGS.store(true, std::sync::atomic::Ordering::Relaxed);
     }
+    dht_node::process::init_logs(format);
 }
 
 async fn dispatch(cli: Cli) -> Result<()> {
@@ -786,44 +771,6 @@ fn probe_listen(addr: &Multiaddr) -> Option<std::io::Result<()>> {
         }
     }
     None
-}
-
-/// SIGTERM (systemd, docker and Kubernetes stop with it) and SIGINT (Ctrl-C), registered
-/// when created: a signal that arrives before the first wait is kept, not lost (and never
-/// kills the process with the default action once this exists).
-struct StopSignal {
-    #[cfg(unix)]
-    term: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    int: tokio::signal::unix::Signal,
-}
-
-impl StopSignal {
-    fn new() -> std::io::Result<Self> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            Ok(StopSignal {
-                term: signal(SignalKind::terminate())?,
-                int: signal(SignalKind::interrupt())?,
-            })
-        }
-        #[cfg(not(unix))]
-        Ok(StopSignal {})
-    }
-
-    /// Resolves at the next SIGTERM or SIGINT (cancel-safe: usable in a `select!` loop).
-    async fn recv(&mut self) {
-        #[cfg(unix)]
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 async fn testnet(nodes: usize, on_disk: bool, join: Option<Multiaddr>) -> Result<()> {
