@@ -1,7 +1,7 @@
 //! The `dht-node` binary: run a full node (bootstrap or member), create keys, put, get and
 //! delete items, list peers, and start a local testnet.
 
-use dht_node::process::{LogFormat, StopSignal};
+use dht_node::process::{error_chain, LogFormat, StopSignal};
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -299,23 +299,6 @@ async fn main() {
         status!("error: {}", error_chain(&e));
         std::process::exit(exit);
     }
-}
-
-/// The error and its causes, joined by ": ", each cause once (some errors repeat their
-/// source in their own message).
-fn error_chain(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if text.is_empty() || out.contains(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
 }
 
 /// Logs as `format` says (see [`dht_node::process::init_logs`]); JSON also for this

@@ -1,5 +1,5 @@
-//! What the `dht-node` and `dht-sidecar` binaries share as processes: their log set-up
-//! and the stop signals they shut down cleanly on.
+//! What the `dht-node` and `dht-sidecar` binaries share as processes: their log set-up,
+//! the stop signals they shut down cleanly on, and how they print an error.
 
 use std::io::IsTerminal;
 
@@ -63,4 +63,21 @@ impl StopSignal {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+/// The error and its causes, joined by ": ", each cause once (some errors repeat their
+/// source in their own message).
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }

@@ -1,7 +1,7 @@
 //! `dht-sidecar`: the DHT full node and HTTP gateway for DMSG servers that are not
 //! written in Rust, configured by a TOML file and flags.
 
-use dht_node::process::{LogFormat, StopSignal};
+use dht_node::process::{error_chain, LogFormat, StopSignal};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -150,23 +150,6 @@ async fn main() {
         status!("error: {}", error_chain(&e));
         std::process::exit(1);
     }
-}
-
-/// The error and its causes, joined by ": ", each cause once (some errors repeat their
-/// source in their own message).
-fn error_chain(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if text.is_empty() || out.contains(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
 }
 
 /// Logs as `format` says (see [`dht_node::process::init_logs`]); JSON also for this
