@@ -21,6 +21,7 @@
 //! ```
 
 mod admission;
+mod bandwidth;
 pub mod config;
 pub mod connections;
 pub mod error;

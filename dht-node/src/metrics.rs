@@ -34,6 +34,15 @@ pub struct TrafficLabels {
     pub direction: String,
 }
 
+/// Labels of substream bytes by application protocol.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolBytesLabels {
+    /// "items", "kad", "identify", "ping" or "other".
+    pub protocol: &'static str,
+    /// "in" or "out".
+    pub direction: &'static str,
+}
+
 /// Labels of refused kad records.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KadRejectLabels {
@@ -98,6 +107,9 @@ pub struct Metrics {
     /// Bytes of item-protocol frames read and written (length prefix included; frames
     /// refused from their prefix count the bytes skipped).
     pub item_protocol_bytes: Family<TrafficLabels, Counter>,
+    /// Substream bytes by application protocol and direction (multistream-select
+    /// negotiation included; noise and yamux framing excluded).
+    pub protocol_bytes: Family<ProtocolBytesLabels, Counter>,
     /// Inbound kad `PUT_VALUE` records refused (never stored), by reason: kad
     /// acknowledges before the record is checked, so this is the only trace.
     pub kad_put_rejected: Family<KadRejectLabels, Counter>,
@@ -139,6 +151,7 @@ impl Metrics {
             equivocations: Counter::default(),
             items_rereplicated: Counter::default(),
             item_protocol_bytes: Family::default(),
+            protocol_bytes: Family::default(),
             strangers_throttled: Counter::default(),
             kad_put_rejected: Family::default(),
             registry: Mutex::new(Registry::with_prefix("dht")),
@@ -159,6 +172,11 @@ impl Metrics {
                 "item_protocol_bytes",
                 "Bytes of item-protocol frames by direction",
                 m.item_protocol_bytes.clone(),
+            );
+            r.register(
+                "protocol_bytes",
+                "Substream bytes by application protocol (items, kad, identify, ping, other) and direction",
+                m.protocol_bytes.clone(),
             );
             r.register(
                 "peers_suspected",

@@ -19,6 +19,11 @@ use libp2p::{allow_block_list, identify, identity, ping, Multiaddr, PeerId, Swar
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::Boxed;
+use libp2p::core::Transport as _;
+
+use crate::bandwidth::{Metered, ProtocolBytes};
 use crate::config::{NodeConfig, NodeMode};
 use crate::connections::ConnectionBudget;
 use crate::events::NodeEvent;
@@ -292,33 +297,48 @@ pub fn build_swarm(
         }
     };
 
-    let builder = libp2p::SwarmBuilder::with_existing_identity(keypair)
+    let quic = config.quic;
+    let bytes = ProtocolBytes::new(metrics.protocol_bytes.clone());
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(
-            libp2p::tcp::Config::default().nodelay(true),
-            libp2p::noise::Config::new,
-            libp2p::yamux::Config::default,
-        )
-        .map_err(|e| NodeError::Transport(e.to_string()))?;
-    let mut swarm = if config.quic {
-        builder
-            .with_quic()
-            .with_behaviour(behaviour)
-            .map_err(|e| NodeError::Transport(e.to_string()))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
-            .build()
-    } else {
-        builder
-            .with_behaviour(behaviour)
-            .map_err(|e| NodeError::Transport(e.to_string()))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
-            .build()
-    };
+        .with_other_transport(|key| {
+            transport(key, quic, bytes)
+                .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })
+        })
+        .map_err(|e| NodeError::Transport(e.to_string()))?
+        .with_behaviour(behaviour)
+        .map_err(|e| NodeError::Transport(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+        .build();
     swarm.behaviour_mut().kad.set_mode(Some(match config.mode {
         NodeMode::Full => kad::Mode::Server,
         NodeMode::Client => kad::Mode::Client,
     }));
     Ok(swarm)
+}
+
+/// TCP (noise, yamux) and, with `quic`, QUIC; every substream's bytes counted under
+/// its protocol.
+fn transport(
+    key: &identity::Keypair,
+    quic: bool,
+    bytes: ProtocolBytes,
+) -> Result<Metered<Boxed<(PeerId, StreamMuxerBox)>>, libp2p::noise::Error> {
+    let tcp = libp2p::tcp::tokio::Transport::new(libp2p::tcp::Config::default().nodelay(true))
+        .upgrade(libp2p::core::upgrade::Version::V1Lazy)
+        .authenticate(libp2p::noise::Config::new(key)?)
+        .multiplex(libp2p::yamux::Config::default())
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
+    let transport = if quic {
+        libp2p::quic::tokio::Transport::new(libp2p::quic::Config::new(key))
+            .map(|(peer, connection), _| (peer, StreamMuxerBox::new(connection)))
+            .or_transport(tcp)
+            .map(|either, _| either.into_inner())
+            .boxed()
+    } else {
+        tcp.boxed()
+    };
+    Ok(Metered::new(transport, bytes))
 }
 
 /// The swarm event loop.
