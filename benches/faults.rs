@@ -83,7 +83,8 @@ impl Drop for Hog {
     }
 }
 
-fn load_average() -> f64 {
+/// The 1-minute load average (0 when unreadable).
+pub fn load_average() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())

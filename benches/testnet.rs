@@ -436,10 +436,13 @@ async fn main() -> anyhow::Result<()> {
     });
     if args.flood_secs > 0 && !args.only_faults {
         let secs = if args.quick { 2 } else { args.flood_secs };
-        let rows = flood::run(&bin, secs, args.flood_in_flight).await?;
+        let mut runs = vec![flood::run(&bin, secs, args.flood_in_flight, false).await?];
+        if !args.quick {
+            runs.push(flood::run(&bin, secs, args.flood_in_flight, true).await?);
+        }
         let md = format!(
-            "Machine: {cores} cores.\n{}",
-            flood::markdown(&rows, secs, args.flood_in_flight)
+            "Machine: {cores} cores, {mem_total}.\n{}",
+            flood::markdown(&runs, secs, args.flood_in_flight)
         );
         write_report(&args.out, &md, FLOOD_START, FLOOD_END)?;
         println!("{md}");
