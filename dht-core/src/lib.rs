@@ -17,6 +17,8 @@
 //! assert!(store.get(&verified.target()).unwrap().is_some());
 //! ```
 
+#![deny(missing_docs)]
+
 pub mod error;
 pub mod item;
 pub mod json;
