@@ -129,7 +129,7 @@ impl VisorClient {
     /// The DHT's answer, when it has one: a value (`parse`d) or a tombstone (`deleted`).
     /// `None` when the DHT holds nothing (or there is no node): the caller falls back to
     /// HTTP.
-    async fn from_dht<T>(
+    async fn answer_from_dht<T>(
         &self,
         subject: PublicKey,
         salt: &[u8],
@@ -190,7 +190,7 @@ impl VisorClient {
         edge: PublicKey,
     ) -> Result<Answer<Vec<TransportEntry>>, VisorError> {
         let deadline = tokio::time::Instant::now() + self.config.budget;
-        let dht = self.from_dht(
+        let dht = self.answer_from_dht(
             edge,
             SALT_TRANSPORTS,
             |v| Self::parse(&v, Source::Dht),
@@ -233,7 +233,7 @@ impl VisorClient {
         visor: PublicKey,
     ) -> Result<Answer<Vec<ServiceEntry>>, VisorError> {
         let deadline = tokio::time::Instant::now() + self.config.budget;
-        let dht = self.from_dht(
+        let dht = self.answer_from_dht(
             visor,
             SALT_SERVICES,
             |v| Self::parse(&v, Source::Dht),
@@ -268,7 +268,7 @@ impl VisorClient {
     pub async fn dmsg_entry(&self, pk: PublicKey) -> Result<Answer<Option<Vec<u8>>>, VisorError> {
         let deadline = tokio::time::Instant::now() + self.config.budget;
         if let Some(answer) = self
-            .from_dht(pk, SALT_DMSG, |v| Ok(Some(v)), || None)
+            .answer_from_dht(pk, SALT_DMSG, |v| Ok(Some(v)), || None)
             .await?
         {
             return Ok(answer);
