@@ -3,7 +3,7 @@
 //! The data model of the Skywire DHT: the salted [`MutableItem`] (a signed, versioned
 //! value stored at `target = SHA256(subject || salt)`, with a signed expiry), the
 //! [rules](validation) every path applies to it (one total order, [`precedence`]), its
-//! [wire](wire) and [JSON](json) encodings, and the [record stores](store) (in memory,
+//! [wire] and [JSON](json) encodings, and the [record stores](store) (in memory,
 //! and on disk with redb).
 //!
 //! ```

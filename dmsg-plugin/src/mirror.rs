@@ -2,8 +2,9 @@
 //! tombstone) with the discovery's mirror key, put it, and learn from the put report
 //! whether a majority of the responsible replicas stored it. The caller is answered as
 //! soon as that majority holds; replicas that were down or slow are brought up to date
-//! from a background queue ([`crate::laggards`]). Only a put that found no majority is
-//! retried inline, and an item this node itself refuses (a value over the limit) never.
+//! from a background queue (the private `laggards` module). Only a put that found no
+//! majority is retried inline, and an item this node itself refuses (a value over the
+//! limit) never.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};

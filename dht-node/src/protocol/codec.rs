@@ -75,7 +75,7 @@ pub const INBOUND_BUFFER_BUDGET: usize = 48 * 1024 * 1024;
 
 /// Length-prefixed prost codec for the item protocol. The length prefix is checked
 /// before any of the body is read: a frame over the limit is never buffered, and all
-/// inbound frames being read at once share [`INBOUND_BUFFER_BUDGET`] bytes.
+/// inbound frames being read at once share `INBOUND_BUFFER_BUDGET` bytes.
 #[derive(Debug, Clone)]
 pub struct ItemCodec {
     /// Largest message accepted or sent.

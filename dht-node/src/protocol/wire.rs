@@ -112,7 +112,7 @@ pub struct PutResultProto {
     /// seq lost to this one in the total order), 0 rejected.
     #[prost(uint32, tag = "1")]
     pub outcome: u32,
-    /// [`ReasonCode::tag`] when rejected.
+    /// [`dht_core::ReasonCode::tag`] when rejected.
     #[prost(uint32, tag = "2")]
     pub reason: u32,
     /// Human-readable detail.
