@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use bytes::Bytes;
 use dht_core::{MutableItem, PutOptions, Signature, SigningKey, Target};
-use dht_node::protocol::{request_proto, GetRequestProto, RequestProto};
+use dht_node::test_util::{request_proto, GetRequestProto, RequestProto};
 use dht_node::{Node, NodeConfig, NodeMode, PeerId};
 use futures::StreamExt;
 use tokio::io::{AsyncBufReadExt, BufReader};

@@ -199,7 +199,7 @@ fn requests_sent(net: &Testnet) -> u64 {
                 .map(|kind| {
                     n.metrics()
                         .outbound_requests
-                        .get_or_create(&dht_node::metrics::RequestLabels {
+                        .get_or_create(&dht_node::RequestLabels {
                             kind: (*kind).into(),
                         })
                         .get()

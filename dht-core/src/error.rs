@@ -231,7 +231,7 @@ pub enum DecodeError {
     #[error("invalid field: {0}")]
     Field(String),
     /// An item without a signed expiry: signed under the v1 rules (expiry not covered
-    /// by the signature), which are no longer accepted.
+    /// by the signature), which are refused.
     #[error(
         "item has no signed expiry (expires_at_ms is 0 or absent): a v1 item, no longer accepted"
     )]

@@ -3,7 +3,7 @@
 //! The data model of the Skywire DHT: the salted [`MutableItem`] (a signed, versioned
 //! value stored at `target = SHA256(subject || salt)`, with a signed expiry), the
 //! [rules](validation) every path applies to it (one total order, [`precedence`]), its
-//! [wire](wire) and [JSON](json) encodings, the [value codec](codec) (zstd compression
+//! [wire] and [JSON](json) encodings, the [value codec](codec) (zstd compression
 //! and delta patches), and the [record stores](store) (in memory, and on disk with redb).
 //!
 //! ```
@@ -16,6 +16,8 @@
 //! store.put(verified.clone(), Default::default()).expect("stored");
 //! assert!(store.get(&verified.target()).unwrap().is_some());
 //! ```
+
+#![deny(missing_docs)]
 
 pub mod codec;
 pub mod error;

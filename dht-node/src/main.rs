@@ -11,7 +11,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use dht_core::{MutableItem, Policy, PublicKey, Scheme, SigningKey};
 use dht_node::{
-    GetMode, Lookup, Multiaddr, Node, NodeConfig, NodeEvent, NodeMode, Testnet, DEFAULT_PORT,
+    GetMode, GetOutcome as Lookup, Multiaddr, Node, NodeConfig, NodeEvent, NodeMode, Testnet,
+    DEFAULT_PORT,
 };
 
 /// Exit codes and environment, shown by `dht-node --help`.

@@ -65,7 +65,7 @@ pub struct SaltLabels {
     pub salt: String,
 }
 
-/// The node's metrics; registered in [`Metrics::registry`].
+/// The node's metrics, all registered in one registry ([`Metrics::encode`] writes it out).
 pub struct Metrics {
     /// Peers in the routing table.
     pub routing_table_peers: Gauge,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use dht_core::wire::{EnvelopeProto, ItemProto};
 use dht_core::{MutableItem, PutOptions, SigningKey};
-use dht_node::protocol::{
+use dht_node::test_util::{
     request_proto, response_proto, GetRequestProto, PutItemProto, PutRequestProto, RequestProto,
     SyncRequestProto,
 };
