@@ -100,7 +100,7 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "50,100")]
     wan_sizes: Vec<usize>,
     /// Operations per figure over the emulated link.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 100)]
     wan_ops: usize,
     /// Run only the emulated-WAN section (RTT from --wan-rtt-ms, default 50; rewrites only
     /// its block of the report).

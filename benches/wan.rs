@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use crate::{Figures, Pcts};
+use crate::{leak, Figures, Pcts};
 
 /// The emulated link.
 #[derive(Debug, Clone, Copy)]
@@ -870,8 +870,16 @@ fn markdown(
     );
     let _ = writeln!(
         md,
-        "Latencies in ms and, in brackets, in RTTs (latency / {rtt} ms). Ratio = mainline / \
-         ours (above 1: ours is faster).\n"
+        "Latencies in ms and, in brackets, in RTTs (latency / {rtt} ms); with {ops} \
+         operations, p99 is the {}slowest. Ratio = mainline / ours (above 1: ours is \
+         faster). Bytes on the wire: everything sent on the namespace's `lo` during the \
+         phase (the testnet's own background traffic included) divided by its operations.\n",
+        match ops.saturating_sub(((ops.max(1) as f64 - 1.0) * 0.99).round() as usize) {
+            1 => "",
+            2 => "second ",
+            3 => "third ",
+            _ => "nth ",
+        }
     );
     let _ = writeln!(
         md,
@@ -929,7 +937,29 @@ fn markdown(
                 m.map(|m| m.failures as f64),
                 true,
             ),
-        ] {
+        ]
+        .into_iter()
+        .chain(
+            ["put", "get first valid", "get best-of-quorum / most recent"]
+                .into_iter()
+                .enumerate()
+                .flat_map(|(i, op)| {
+                    [
+                        (
+                            leak(format!("{op}: requests sent per op (kad + item)")),
+                            r.ours.wire[i].requests,
+                            None,
+                            true,
+                        ),
+                        (
+                            leak(format!("{op}: bytes on the wire per op")),
+                            r.ours.wire[i].bytes,
+                            m.map(|m| m.wire[i].bytes),
+                            true,
+                        ),
+                    ]
+                }),
+        ) {
             let _ = writeln!(
                 md,
                 "| {} | {name} | {o:.2} | {} | {} |",
