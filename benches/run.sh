@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The whole benchmark suite, in one command (about 25 minutes on 2 cores):
+# The whole benchmark suite, in one command (about 21 minutes on 2 cores):
 #   bash benches/run.sh
 # 1. criterion micro-benchmarks of dht-core (short measurement windows; reports in
 #    target/criterion/), 2. dht-bench: the testnets side by side with mainline, the seed
 #    scenario at 1x and 10x, standalone memory, catch-up, the largest network, hops versus
 #    size, 3. dht-bench --only-wan: the testnets side by side with mainline over an emulated
-#    50 ms RTT link (about 8 minutes; needs root and iptables-legacy, which this script
+#    50 ms RTT link (about 6 minutes; needs root and iptables-legacy, which this script
 #    installs with apt-get when missing). dht-bench rewrites the tables between the markers
 #    in BENCHMARKS.md.
 # Options of this script (before the others): --no-wan skips step 3; WAN_RTT_MS,

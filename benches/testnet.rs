@@ -4,7 +4,11 @@
 //! ```sh
 //! cargo run --release -p dht-benches --bin dht-bench                # full suite
 //! cargo run --release -p dht-benches --bin dht-bench -- --quick     # smoke test (CI)
+//! sudo target/release/dht-bench --only-wan --wan-rtt-ms 50           # over an emulated WAN
 //! ```
+//!
+//! `--only-wan` (module `wan`) runs the side-by-side in a network namespace of its own
+//! whose loopback delays every packet by half the RTT, and states latencies in RTTs.
 //!
 //! For each network size: time to form the network, resident memory per node, put
 //! latency until the replicas confirmed, get latency for the first valid answer and for

@@ -262,7 +262,7 @@ fn nfnl_msg(out: &mut Vec<u8>, msg: u16, flags: u16, seq: u32, queue: u16, attrs
         out.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
         out.extend_from_slice(&ty.to_ne_bytes());
         out.extend_from_slice(data);
-        while out.len() % 4 != 0 {
+        while !out.len().is_multiple_of(4) {
             out.push(0);
         }
     }
