@@ -22,37 +22,32 @@
 
 #![deny(missing_docs)]
 
-// In the order a put travels through them (see README, "Layout").
-mod node; // the API, start-up, shutdown
-mod put; // the put query
-mod placement; // the responsible set, stand-ins for replicas that are down
-mod protocol; // typed messages, the wire, framing and limits
-mod network; // the swarm task, rate limits
-mod bandwidth; // bytes per application protocol
-mod inbound; // a replica validating and storing
-mod liveness; // suspected and dead peers
-
-// Reads.
-mod get; // the get queries
-mod repair; // read repair
-
-// Background.
-mod maintenance; // catch-up, hand-off, re-replication, republish, expiry
-
-// Around them.
+// The order a put travels through them is in the README ("Layout").
 mod admission; // budgets of peers outside the routing table
+mod bandwidth; // bytes per application protocol
 mod config;
 mod connections; // the connection budget
 mod data_dir; // key and store files
 mod error;
 mod events;
+mod get; // the get queries
+mod inbound; // a replica validating and storing
 mod kad_records; // items as kad records
+mod liveness; // suspected and dead peers
+mod maintenance; // catch-up, hand-off, re-replication, republish, expiry
 mod metrics;
+mod network; // the swarm task, rate limits
+mod node; // the API, start-up, shutdown
+mod placement; // the responsible set, stand-ins for replicas that are down
+mod protocol; // typed messages, the wire, framing and limits
+mod put; // the put query
+mod repair; // read repair
 mod report;
 mod routing; // the routing view, responsibility, the saved table
 mod state; // the node's shared state
 #[cfg(feature = "testnet")]
 mod testnet;
+
 pub mod http;
 pub mod process;
 

@@ -107,6 +107,8 @@ pub struct Metrics {
     /// Bytes of item-protocol frames read and written (length prefix included; frames
     /// refused from their prefix count the bytes skipped).
     pub item_protocol_bytes: Family<TrafficLabels, Counter>,
+    /// `rate_limited` refusals to strangers held back a second before they were sent.
+    pub refusals_held: Counter,
     /// Substream bytes by application protocol and direction (multistream-select
     /// negotiation included; noise and yamux framing excluded).
     pub protocol_bytes: Family<ProtocolBytesLabels, Counter>,
@@ -152,6 +154,7 @@ impl Metrics {
             items_rereplicated: Counter::default(),
             item_protocol_bytes: Family::default(),
             protocol_bytes: Family::default(),
+            refusals_held: Counter::default(),
             strangers_throttled: Counter::default(),
             kad_put_rejected: Family::default(),
             registry: Mutex::new(Registry::with_prefix("dht")),
@@ -172,6 +175,11 @@ impl Metrics {
                 "item_protocol_bytes",
                 "Bytes of item-protocol frames by direction",
                 m.item_protocol_bytes.clone(),
+            );
+            r.register(
+                "refusals_held",
+                "Refusals to rate-limited strangers held back a second before they were sent",
+                m.refusals_held.clone(),
             );
             r.register(
                 "protocol_bytes",

@@ -41,6 +41,23 @@ impl Driver {
                     .send_request_with_addresses(&peer, request, addrs);
                 self.requests.insert(id, reply);
             }
+            Command::ReleaseHeld {
+                peer,
+                channel,
+                response,
+            } => {
+                if let Some(n) = self.held.get_mut(&peer) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.held.remove(&peer);
+                    }
+                }
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .items
+                    .send_response(channel, response);
+            }
             Command::Respond {
                 peer,
                 channel,

@@ -2,7 +2,7 @@
 //! tick that refreshes the routing view, trims connections over the budget, stops
 //! abandoned lookups and drives the liveness probes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,11 @@ pub(crate) struct Driver {
     pub(super) remote_ips: HashMap<PeerId, std::net::IpAddr>,
     /// Inbound requests being handled, per peer.
     pub(super) handling: HashMap<PeerId, usize>,
+    /// Refusals held back before they are sent (see `item_requests`), per peer.
+    pub(super) held: HashMap<PeerId, usize>,
+    /// Connected peers that identified as kad servers (full nodes), in the routing
+    /// table or not (a full bucket leaves some out).
+    pub(super) servers: HashSet<PeerId>,
 }
 
 impl Driver {
@@ -82,14 +87,22 @@ impl Driver {
             inbound,
             lookups: HashMap::new(),
             requests: HashMap::new(),
-            limiter: RateLimiter::new(config.rate_limit),
+            limiter: RateLimiter::new(config.rate_limit, config.max_message_len() as f64),
             max_per_range: config.max_peers_per_ip_range,
             range_includes_loopback: config.ip_range_limit_loopback,
             view_dirty: true,
             budget: ConnectionBudget::new(config.max_connected_peers, CONNECTION_GRACE),
             remote_ips: HashMap::new(),
             handling: HashMap::new(),
+            held: HashMap::new(),
+            servers: HashSet::new(),
         }
+    }
+
+    /// Whether `peer` is a stranger: neither in the routing table nor identified as a
+    /// full node. Strangers get smaller rate limits and in-flight caps.
+    pub(super) fn is_stranger(&self, peer: &PeerId) -> bool {
+        !self.servers.contains(peer) && self.state.view.addresses(peer).is_empty()
     }
 
     /// Runs until shutdown.
@@ -238,6 +251,7 @@ impl Driver {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
                 // Known at once as a full node (its hand-offs are not a stranger's).
+                self.servers.insert(peer_id);
                 self.refresh_view();
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(_)) => {}
@@ -271,6 +285,7 @@ impl Driver {
                 self.budget.closed(&peer_id);
                 if num_established == 0 {
                     self.limiter.forget(&peer_id);
+                    self.servers.remove(&peer_id);
                     self.remote_ips.remove(&peer_id);
                     // Closed by an error (a crashed or cut-off peer), not by an idle
                     // timeout or the budget: suspect it and probe it at once; a probe

@@ -2,7 +2,7 @@
 //! inbound requests, which pass the per-peer rate limit and the in-flight cap before
 //! [`crate::inbound`] handles them off the swarm task.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use dht_core::ReasonCode;
 use libp2p::request_response::{self, OutboundFailure, ResponseChannel};
@@ -19,6 +19,16 @@ const MAX_HANDLING_PER_STRANGER: usize = 8;
 /// The same for full nodes of the routing table (a DMSG server mirroring a discovery
 /// sends dozens of puts at once).
 const MAX_HANDLING_PER_FULL_NODE: usize = 128;
+/// How long a stranger's `rate_limited` refusal is held before it is sent. A client
+/// that keeps sending regardless then has its streams (at most
+/// `MAX_STREAMS_PER_CONNECTION` per connection) tied up waiting, and its flood slows
+/// to a trickle instead of costing this node a refusal per request.
+const HOLD_REFUSAL: Duration = Duration::from_secs(1);
+/// Refusals held per stranger at once (one connection's streams); past it they are
+/// sent at once.
+const HELD_PER_STRANGER: usize = 32;
+/// Refusals held for all strangers together.
+const HELD_IN_ALL: usize = 4_096;
 
 impl Driver {
     pub(super) fn on_items(&mut self, event: request_response::Event<ItemRequest, ResponseFrame>) {
@@ -81,9 +91,10 @@ impl Driver {
             self.refuse(channel, Refusal::NOT_SERVING, "client-mode node");
             return;
         };
-        if !self.limiter.allow(peer, request.cost()) {
+        let stranger = self.is_stranger(&peer);
+        if !self.limiter.allow(peer, request.cost(), stranger) {
             self.state.metrics.rate_limited.inc();
-            self.refuse(channel, Refusal::RATE_LIMITED, "too many requests");
+            self.refuse_rate_limited(peer, stranger, channel, "too many requests");
             return;
         }
         if let ItemRequest::Oversized { len, limit } = request {
@@ -96,7 +107,7 @@ impl Driver {
             return;
         }
         // Fair service: one peer's requests never queue up in front of everyone else's.
-        let cap = if self.state.view.addresses(&peer).is_empty() {
+        let cap = if stranger {
             MAX_HANDLING_PER_STRANGER
         } else {
             MAX_HANDLING_PER_FULL_NODE
@@ -104,11 +115,7 @@ impl Driver {
         let handling = self.handling.entry(peer).or_default();
         if *handling >= cap {
             self.state.metrics.rate_limited.inc();
-            self.refuse(
-                channel,
-                Refusal::RATE_LIMITED,
-                "too many requests in flight",
-            );
+            self.refuse_rate_limited(peer, stranger, channel, "too many requests in flight");
             return;
         }
         *handling += 1;
@@ -121,6 +128,41 @@ impl Driver {
                     peer,
                     channel,
                     response: response.into(),
+                })
+                .await;
+        });
+    }
+
+    /// Refuses `rate_limited`: at once for a full node; for a stranger after
+    /// [`HOLD_REFUSAL`], while fewer than [`HELD_PER_STRANGER`] of its refusals (and
+    /// [`HELD_IN_ALL`] in all) are held.
+    fn refuse_rate_limited(
+        &mut self,
+        peer: PeerId,
+        stranger: bool,
+        channel: ResponseChannel<ResponseFrame>,
+        detail: &'static str,
+    ) {
+        let held_in_all: usize = self.held.values().sum();
+        let held = self.held.entry(peer).or_default();
+        if !stranger || *held >= HELD_PER_STRANGER || held_in_all >= HELD_IN_ALL {
+            if *held == 0 {
+                self.held.remove(&peer);
+            }
+            self.refuse(channel, Refusal::RATE_LIMITED, detail);
+            return;
+        }
+        *held += 1;
+        self.state.metrics.refusals_held.inc();
+        let tx = self.self_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(HOLD_REFUSAL).await;
+            let response = Response::refused(Refusal::RATE_LIMITED, detail).into();
+            let _ = tx
+                .send(Command::ReleaseHeld {
+                    peer,
+                    channel,
+                    response,
                 })
                 .await;
         });

@@ -87,7 +87,12 @@ impl Driver {
             // A client node is no kad server: nothing reaches here.
             return;
         };
-        if !self.limiter.allow(source, 256 + record.value.len()) {
+        let stranger = self.state.view.addresses(&source).is_empty();
+        let limited_as_stranger = self.is_stranger(&source);
+        if !self
+            .limiter
+            .allow(source, 256 + record.value.len(), limited_as_stranger)
+        {
             self.state.metrics.rate_limited.inc();
             refuse_kad_put(
                 &self.state.metrics,
@@ -97,7 +102,6 @@ impl Driver {
             );
             return;
         }
-        let stranger = self.state.view.addresses(&source).is_empty();
         let ip = self.remote_ips.get(&source).copied();
         // Signature checks and the store are blocking work: keep them off the swarm task.
         tokio::task::spawn_blocking(move || {

@@ -64,6 +64,15 @@ pub(crate) enum Command {
         /// Response.
         response: ResponseFrame,
     },
+    /// Send a refusal held back from a flooding stranger.
+    ReleaseHeld {
+        /// The requester.
+        peer: PeerId,
+        /// Channel of the inbound request.
+        channel: ResponseChannel<ResponseFrame>,
+        /// The refusal.
+        response: ResponseFrame,
+    },
     /// Dial an address (bootstrap).
     Dial(Multiaddr),
     /// Add a known peer address to the routing table.

@@ -110,7 +110,13 @@ pub(crate) fn build_swarm(
         .map_err(|e| NodeError::Transport(e.to_string()))?
         .with_behaviour(behaviour)
         .map_err(|e| NodeError::Transport(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(idle)
+                // Every request opens a substream: propose its protocol and send the
+                // request in the same flight instead of waiting a round trip for the
+                // listener to confirm (every peer speaks every protocol this node opens).
+                .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)
+        })
         .build();
     swarm.behaviour_mut().kad.set_mode(Some(match config.mode {
         NodeMode::Full => kad::Mode::Server,
