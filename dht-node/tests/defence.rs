@@ -357,3 +357,66 @@ async fn a_stranger_flood_is_throttled_while_publishers_and_owners_keep_writing(
     flooder.shutdown().await;
     net.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_client_waits_for_its_refusals_while_full_nodes_get_them_at_once() {
+    // Full nodes may send 40 requests; a stranger a twentieth of that: 2.
+    let mut config = NodeConfig::local();
+    config.rate_limit = RateLimit {
+        per_second: 0.0,
+        burst: 40.0,
+        bytes_per_second: 0.0,
+        burst_bytes: 1e9,
+    };
+    let net = Testnet::builder(2).config(config).build().await.unwrap();
+    assert!(net.wait_for_routing(1, Duration::from_secs(10)).await);
+    let replica = net.nodes[1].peer_id();
+    let key = SigningKey::generate_ed25519();
+    let item = |seq| MutableItem::sign(&key, key.public_key(), "svc", seq, &b"[v]"[..]);
+
+    let client = stranger(&net, 1024 * 1024).await;
+    let mut refused_late = 0;
+    for n in 0..5 {
+        let started = std::time::Instant::now();
+        let result = client
+            .send_item_to(replica, &item(n + 1), PutOptions::default())
+            .await;
+        if n < 2 {
+            assert!(matches!(result, ReplicaResult::Stored(_)), "{result:?}");
+            continue;
+        }
+        assert!(
+            matches!(&result, ReplicaResult::Failed(e) if e.contains("rate_limited")),
+            "{result:?}"
+        );
+        // The refusal was held about a second.
+        if started.elapsed() >= Duration::from_millis(800) {
+            refused_late += 1;
+        }
+    }
+    assert_eq!(refused_late, 3);
+
+    // A full node of the routing table has twenty times the room, and its refusals
+    // come at once.
+    let full = &net.nodes[0];
+    let mut stored = 0;
+    for seq in 10..55 {
+        let started = std::time::Instant::now();
+        match full
+            .send_item_to(replica, &item(seq), PutOptions::default())
+            .await
+        {
+            ReplicaResult::Stored(_) => stored += 1,
+            ReplicaResult::Failed(e) => {
+                assert!(e.contains("rate_limited"), "{e}");
+                assert!(started.elapsed() < Duration::from_millis(800));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(stored >= 38, "stored {stored}");
+    let text = net.nodes[1].metrics().encode();
+    assert!(text.contains("dht_refusals_held_total 3"), "{text}");
+    client.shutdown().await;
+    net.shutdown().await;
+}

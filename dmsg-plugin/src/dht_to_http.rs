@@ -38,13 +38,22 @@ impl PusherConfig {
 }
 
 /// Runs the pusher until the node's event stream closes: every value stored locally under
-/// an enabled salt is POSTed to that salt's endpoint.
-pub async fn run(node: Node, config: PusherConfig) {
+/// an enabled salt is POSTed to that salt's endpoint. Returns a task to spawn; the node's
+/// events are subscribed to at once, so nothing stored after this call is missed.
+pub fn run(node: Node, config: PusherConfig) -> impl std::future::Future<Output = ()> {
+    let events = node.subscribe();
+    push_stored(node, config, events)
+}
+
+async fn push_stored(
+    node: Node,
+    config: PusherConfig,
+    mut events: tokio::sync::broadcast::Receiver<NodeEvent>,
+) {
     if config.endpoints.is_empty() {
         return;
     }
     let http = reqwest::Client::new();
-    let mut events = node.subscribe();
     loop {
         let target = match events.recv().await {
             Ok(NodeEvent::ItemStored {
