@@ -61,6 +61,8 @@ impl Kind {
 pub struct FloodFigures {
     pub kind: Kind,
     pub per_second: f64,
+    /// Item-protocol bytes that reached the flooded node, per second (MB/s).
+    pub received_mb_per_second: f64,
     pub flooded: Pcts,
     pub control: Pcts,
     pub rate_limited: u64,
@@ -232,6 +234,9 @@ pub async fn run(bin: &Path, secs: u64, in_flight: usize, busy: bool) -> anyhow:
         let idle_rss = rss_mb(pid);
 
         let hog = busy.then(|| crate::faults::Hog::start(cores));
+        let items_in = "protocol=\"items\",direction=\"in\"";
+        let received_before =
+            counter_with(&flooded.metrics, "dht_protocol_bytes_total", items_in).await;
         let stop = Instant::now() + Duration::from_secs(secs);
         let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let flood = {
@@ -280,6 +285,9 @@ pub async fn run(bin: &Path, secs: u64, in_flight: usize, busy: bool) -> anyhow:
         let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
         tokio::time::sleep(Duration::from_secs(2)).await;
         let after = rss_mb(pid);
+        let received = counter_with(&flooded.metrics, "dht_protocol_bytes_total", items_in)
+            .await
+            .saturating_sub(received_before);
         let rate_limited = counter(&flooded.metrics, "dht_rate_limited_total").await;
         let stored_after = if kind == Kind::FreshKeys {
             Some(counter_with(&flooded.metrics, "dht_puts_total", "result=\"accepted\"").await)
@@ -291,6 +299,7 @@ pub async fn run(bin: &Path, secs: u64, in_flight: usize, busy: bool) -> anyhow:
             kind,
 
             per_second: sent as f64 / secs as f64,
+            received_mb_per_second: received as f64 / 1e6 / secs as f64,
             flooded: pcts(on_flooded),
             control: pcts(on_control),
             rate_limited: rate_limited + throttled,
@@ -333,7 +342,10 @@ pub fn markdown(runs: &[FloodRun], secs: u64, in_flight: usize) -> String {
          One hostile peer floods a standalone `dht-node run` process ({secs} s per kind, \
          {in_flight} messages in flight) while an honest client reads an item from it and, \
          in the same moments, from an unflooded control node (another `dht-node run`). \
-         Latencies in ms; ratio = flooded / control.\n"
+         Latencies in ms; ratio = flooded / control. `tried/s` counts the flooder's \
+         attempts, including those its own stream limit failed at once while the flooded \
+         node held its refusals; `MB/s reaching it` is the item-protocol bytes the flooded \
+         node read (`dht_protocol_bytes_total`).\n"
     );
     for run in runs {
         md.push_str(&format!(
@@ -348,8 +360,8 @@ pub fn markdown(runs: &[FloodRun], secs: u64, in_flight: usize) -> String {
 
 fn table(rows: &[FloodFigures]) -> String {
     let mut md = String::from(
-        "| flood | sent/s | honest get p50 flooded / control | p99 flooded / control | p99 ratio | rate-limited | RSS idle / peak / 2 s after (MB) |\n\
-         |---|---|---|---|---|---|---|\n",
+        "| flood | tried/s | MB/s reaching it | honest get p50 flooded / control | p99 flooded / control | p99 ratio | rate-limited | RSS idle / peak / 2 s after (MB) |\n\
+         |---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let ratio = if r.control.p99 > 0.0 {
@@ -358,9 +370,10 @@ fn table(rows: &[FloodFigures]) -> String {
             0.0
         };
         md.push_str(&format!(
-            "| {} | {:.0} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2}x | {} | {:.0} / {:.0} / {:.0} |\n",
+            "| {} | {:.0} | {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2}x | {} | {:.0} / {:.0} / {:.0} |\n",
             r.kind.name(),
             r.per_second,
+            r.received_mb_per_second,
             r.flooded.p50,
             r.control.p50,
             r.flooded.p99,
