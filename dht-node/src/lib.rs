@@ -25,6 +25,7 @@
 // In the order a put travels through them (see README, "Layout").
 mod node; // the API, start-up, shutdown
 mod put; // the put query
+mod sent_values; // the last value put per target, base of the next patch
 mod placement; // the responsible set, stand-ins for replicas that are down
 mod protocol; // typed messages, the wire, framing and limits
 mod network; // the swarm task, rate limits
@@ -66,7 +67,7 @@ pub use metrics::{
     TrafficLabels,
 };
 pub use node::{Node, NodeBuilder};
-pub use protocol::{ITEM_PROTOCOL, KAD_PROTOCOL};
+pub use protocol::{ITEM_PROTOCOL, ITEM_PROTOCOL_CODED, KAD_PROTOCOL};
 pub use report::{
     admission_name, Found, GetMode, GetOutcome, GetReport, NodeStats, PutReport, ReplicaOutcome,
     ReplicaResult,
