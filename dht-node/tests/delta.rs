@@ -15,16 +15,39 @@ use dht_node::test_util::{
 };
 use dht_node::{GetMode, Node, Testnet};
 
-/// A transport list of an edge as the transport discovery serves it (about 210 bytes
-/// an entry).
+/// Pseudo-random 64 bits from `x` (splitmix64): keys and ids that compress like real
+/// ones.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A transport list of an edge as the transport discovery serves it (about 230 bytes
+/// an entry, random keys and ids).
 fn transport_list(edge: &str, n: usize) -> Vec<u8> {
-    let entries: Vec<serde_json::Value> = (0..n)
+    let entries: Vec<serde_json::Value> = (0..n as u64)
         .map(|i| {
-            let other = format!("03{:064x}", i + 1);
+            let other = format!(
+                "03{:016x}{:016x}{:016x}{:016x}",
+                mix(4 * i),
+                mix(4 * i + 1),
+                mix(4 * i + 2),
+                mix(4 * i + 3)
+            );
             let mut edges = [edge.to_string(), other];
             edges.sort();
+            let id = mix(i ^ 0x5555);
             serde_json::json!({
-                "t_id": format!("{:08x}-0000-4000-8000-{:012x}", i, i),
+                "t_id": format!(
+                    "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+                    id >> 32,
+                    (id >> 16) & 0xffff,
+                    id & 0xfff,
+                    (id >> 12) & 0xfff,
+                    mix(id) & 0xffff_ffff_ffff
+                ),
                 "edges": edges,
                 "type": "stcpr",
                 "label": "automatic",
@@ -66,10 +89,13 @@ async fn all_hold(net: &Testnet, target: Target, seq: u64, except: Option<usize>
 async fn one_entry_added_to_a_127_kb_list_goes_as_a_patch() {
     let net = Testnet::builder(5).build().await.unwrap();
     assert!(net.wait_for_routing(4, Duration::from_secs(10)).await);
+    assert!(net.wait_for_catch_up(Duration::from_secs(10)).await);
+    // Let the young network's hand-offs (which push whole items) finish first.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let edge = SigningKey::generate_secp256k1();
     let pk = edge.public_key();
-    let v1 = transport_list(&pk.to_hex(), 610);
-    let v2 = transport_list(&pk.to_hex(), 611);
+    let v1 = transport_list(&pk.to_hex(), 550);
+    let v2 = transport_list(&pk.to_hex(), 551);
     assert!((120_000..135_000).contains(&v1.len()), "{}", v1.len());
     let publisher = &net.nodes[0];
     let item1 = MutableItem::sign(&edge, pk, "tp", 1, v1.clone());
