@@ -191,22 +191,21 @@ async fn request_frames_decode_with_the_published_proto() {
         base_seq: BIG + 1,
         base_hash: Bytes::from(vec![7u8; 32]),
     };
-    let put = |protocol| {
-        request_frame_on(
-            protocol,
-            RequestProto {
-                kind: Some(request_proto::Kind::Put(PutRequestProto {
-                    items: vec![PutItemProto {
-                        envelope: Some(envelope(&it)),
-                        cas_kind: 0,
-                        cas_seq: 0,
-                        coded: Some(coded.clone()),
-                    }],
-                })),
-            },
-        )
+    let put = |protocol: StreamProtocol| {
+        let req = RequestProto {
+            kind: Some(request_proto::Kind::Put(PutRequestProto {
+                items: vec![PutItemProto {
+                    envelope: Some(envelope(&it)),
+                    cas_kind: 0,
+                    cas_seq: 0,
+                    coded: Some(coded.clone()),
+                }],
+            })),
+        };
+        async move { request_frame_on(&protocol, req).await }
     };
-    let m = decode(&pool, "RequestProto", &put(&ITEM_PROTOCOL_CODED).await);
+    let frame = put(ITEM_PROTOCOL_CODED).await;
+    let m = decode(&pool, "RequestProto", &frame);
     assert_eq!(get(&m, "put.items.coded.form"), Value::U32(2));
     assert_eq!(
         get(&m, "put.items.coded.data"),
@@ -222,7 +221,8 @@ async fn request_frames_decode_with_the_published_proto() {
         Value::Bytes(Bytes::new())
     );
     // On 1.0.0 the same request carries the value as is and no coded form.
-    let m = decode(&pool, "RequestProto", &put(&ITEM_PROTOCOL).await);
+    let frame = put(ITEM_PROTOCOL).await;
+    let m = decode(&pool, "RequestProto", &frame);
     check_item(&m, "put.items.envelope.item.", &it);
     let Value::Message(put) = get(&m, "put") else {
         panic!("a message")
