@@ -257,6 +257,20 @@ async fn forged_patches_and_bombs_are_refused_and_nothing_is_stored() {
     let held = replica.store().unwrap().get(&target).unwrap().unwrap();
     assert_eq!(held.item.value().map(|v| &v[..]), Some(&v2[..]));
 
+    // A patch for a target the replica holds nothing at: "need base" (outcome 5, held
+    // seq 0), nothing stored.
+    let other = SigningKey::generate_secp256k1();
+    let lone = MutableItem::sign(&other, other.public_key(), "tp", 2, v2.clone());
+    let answer = from
+        .request(replica.peer_id(), coded_put(&lone, patch(make_patch(&v1, &v2))))
+        .await
+        .unwrap();
+    let Some(response_proto::Kind::Put(p)) = answer.kind else {
+        panic!("not a put answer: {answer:?}")
+    };
+    assert_eq!((p.results[0].outcome, p.results[0].previous_seq), (5, 0));
+    assert!(replica.store().unwrap().get(&lone.target()).unwrap().is_none());
+
     // Bombs: a patch and a frame that declare one byte over the value limit.
     let limit = Policy::default().max_value_len;
     let item3 = MutableItem::sign(&edge, pk, "tp", 3, v1.clone());
