@@ -16,8 +16,8 @@ use crate::admission::StrangerAdmission;
 use crate::events::NodeEvent;
 use crate::metrics::RequestLabels;
 use crate::protocol::{
-    encoded_size, Decoded as Read, ItemRequest, PutItem, PutResult, Refusal, Request, Response, SyncPage,
-    SyncRequest,
+    encoded_size, Decoded as Read, ItemRequest, PutItem, PutResult, Refusal, Request, Response,
+    SyncPage, SyncRequest,
 };
 use crate::state::NodeState;
 

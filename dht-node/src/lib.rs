@@ -23,15 +23,15 @@
 #![deny(missing_docs)]
 
 // In the order a put travels through them (see README, "Layout").
-mod node; // the API, start-up, shutdown
-mod put; // the put query
-mod sent_values; // the last value put per target, base of the next patch
-mod placement; // the responsible set, stand-ins for replicas that are down
-mod protocol; // typed messages, the wire, framing and limits
-mod network; // the swarm task, rate limits
 mod bandwidth; // bytes per application protocol
 mod inbound; // a replica validating and storing
-mod liveness; // suspected and dead peers
+mod liveness;
+mod network; // the swarm task, rate limits
+mod node; // the API, start-up, shutdown
+mod placement; // the responsible set, stand-ins for replicas that are down
+mod protocol; // typed messages, the wire, framing and limits
+mod put; // the put query
+mod sent_values; // the last value put per target, base of the next patch // suspected and dead peers
 
 // Reads.
 mod get; // the get queries
@@ -47,15 +47,15 @@ mod connections; // the connection budget
 mod data_dir; // key and store files
 mod error;
 mod events;
+pub mod http;
 mod kad_records; // items as kad records
 mod metrics;
+pub mod process;
 mod report;
 mod routing; // the routing view, responsibility, the saved table
 mod state; // the node's shared state
 #[cfg(feature = "testnet")]
 mod testnet;
-pub mod http;
-pub mod process;
 
 pub use admission::Budget;
 pub use config::{NodeConfig, NodeMode, RateLimit, DEFAULT_PORT};

@@ -29,6 +29,7 @@ async fn hostile_requests_get_errors_and_the_node_keeps_serving() {
         }),
         cas_kind: 7,
         cas_seq: 0,
+        coded: None,
     };
     let cases = vec![
         RequestProto { kind: None },

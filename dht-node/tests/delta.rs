@@ -74,12 +74,22 @@ fn item_bytes_out(node: &Node) -> u64 {
 
 /// Waits until every node but `except` holds `seq` at `target`.
 async fn all_hold(net: &Testnet, target: Target, seq: u64, except: Option<usize>) {
-    wait_for(&format!("every replica holds seq {seq}"), Duration::from_secs(15), || {
-        net.nodes.iter().enumerate().all(|(i, n)| {
-            Some(i) == except
-                || n.store().unwrap().get(&target).ok().flatten().map(|s| s.item.seq) == Some(seq)
-        })
-    })
+    wait_for(
+        &format!("every replica holds seq {seq}"),
+        Duration::from_secs(15),
+        || {
+            net.nodes.iter().enumerate().all(|(i, n)| {
+                Some(i) == except
+                    || n.store()
+                        .unwrap()
+                        .get(&target)
+                        .ok()
+                        .flatten()
+                        .map(|s| s.item.seq)
+                        == Some(seq)
+            })
+        },
+    )
     .await;
 }
 
@@ -106,7 +116,10 @@ async fn one_entry_added_to_a_127_kb_list_goes_as_a_patch() {
     let plain = publisher
         .send_item_to(net.nodes[1].peer_id(), &item1, Default::default())
         .await;
-    assert!(matches!(plain, dht_node::ReplicaResult::Stored(_)), "{plain:?}");
+    assert!(
+        matches!(plain, dht_node::ReplicaResult::Stored(_)),
+        "{plain:?}"
+    );
     let plain_per_replica = item_bytes_out(publisher) - before;
 
     let before = item_bytes_out(publisher);
@@ -262,14 +275,22 @@ async fn forged_patches_and_bombs_are_refused_and_nothing_is_stored() {
     let other = SigningKey::generate_secp256k1();
     let lone = MutableItem::sign(&other, other.public_key(), "tp", 2, v2.clone());
     let answer = from
-        .request(replica.peer_id(), coded_put(&lone, patch(make_patch(&v1, &v2))))
+        .request(
+            replica.peer_id(),
+            coded_put(&lone, patch(make_patch(&v1, &v2))),
+        )
         .await
         .unwrap();
     let Some(response_proto::Kind::Put(p)) = answer.kind else {
         panic!("not a put answer: {answer:?}")
     };
     assert_eq!((p.results[0].outcome, p.results[0].previous_seq), (5, 0));
-    assert!(replica.store().unwrap().get(&lone.target()).unwrap().is_none());
+    assert!(replica
+        .store()
+        .unwrap()
+        .get(&lone.target())
+        .unwrap()
+        .is_none());
 
     // Bombs: a patch and a frame that declare one byte over the value limit.
     let limit = Policy::default().max_value_len;

@@ -13,9 +13,9 @@ use dht_node::test_util::{
     ResponseProto, SyncRequestProto, SyncResponseProto, ValueCodecProto, ITEM_PROTOCOL,
     ITEM_PROTOCOL_CODED,
 };
-use libp2p::StreamProtocol;
 use futures::io::Cursor;
 use libp2p::request_response::Codec;
+use libp2p::StreamProtocol;
 use prost_reflect::{DescriptorPool, DynamicMessage, ReflectMessage, Value};
 
 const BIG: u64 = (1 << 40) + 7;

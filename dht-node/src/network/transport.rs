@@ -90,7 +90,10 @@ pub(crate) fn build_swarm(
         let items = request_response::Behaviour::with_codec(
             ItemCodec::new(max_message_len, &traffic).counting_forms(&forms, &saved),
             // The coded protocol first: multistream-select settles on the first both speak.
-            [(ITEM_PROTOCOL_CODED, support.clone()), (ITEM_PROTOCOL, support)],
+            [
+                (ITEM_PROTOCOL_CODED, support.clone()),
+                (ITEM_PROTOCOL, support),
+            ],
             request_response::Config::default()
                 .with_request_timeout(request_timeout)
                 .with_max_concurrent_streams(MAX_STREAMS_PER_CONNECTION),

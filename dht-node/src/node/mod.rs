@@ -25,8 +25,8 @@ use crate::metrics::Metrics;
 use crate::network::{Client, Command};
 use crate::protocol::{PutItem, PutResult, Request, Response};
 use crate::put::ValueForms;
-use crate::sent_values::SentValues;
 use crate::report::{NodeStats, ReplicaResult};
+use crate::sent_values::SentValues;
 use crate::state::NodeState;
 use crate::NodeError;
 

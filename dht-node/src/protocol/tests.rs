@@ -293,7 +293,13 @@ fn malformed_coded_values_are_rejected_per_item() {
     };
     let frame = wire::RequestProto {
         kind: Some(request_proto::Kind::Put(wire::PutRequestProto {
-            items: vec![coded(1, 0), coded(2, 32), coded(3, 0), coded(2, 31), with_value],
+            items: vec![
+                coded(1, 0),
+                coded(2, 32),
+                coded(3, 0),
+                coded(2, 31),
+                with_value,
+            ],
         })),
     };
     let Request::Put(items) = Request::decode(ItemRequest::Message(frame), &limits()).unwrap()
