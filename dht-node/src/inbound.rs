@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use dht_core::codec::Decoded;
 use dht_core::store::RecordStore;
 use dht_core::wire::{DecodeLimits, Envelope};
 use dht_core::{Admission, ReasonCode, Rejection, Target, Validator, VerifiedItem};
@@ -15,8 +16,8 @@ use crate::admission::StrangerAdmission;
 use crate::events::NodeEvent;
 use crate::metrics::RequestLabels;
 use crate::protocol::{
-    encoded_size, Decoded, ItemRequest, PutItem, PutResult, Refusal, Request, Response, SyncPage,
-    SyncRequest,
+    encoded_size, Decoded as Read, ItemRequest, PutItem, PutResult, Refusal, Request, Response,
+    SyncPage, SyncRequest,
 };
 use crate::state::NodeState;
 
@@ -84,7 +85,7 @@ impl Inbound {
         result.unwrap_or_else(|e| Response::refused(Refusal::INTERNAL, e.to_string()))
     }
 
-    fn put(&self, peer: PeerId, ip: Option<IpAddr>, items: Vec<Decoded<PutItem>>) -> Response {
+    fn put(&self, peer: PeerId, ip: Option<IpAddr>, items: Vec<Read<PutItem>>) -> Response {
         // Full nodes of the routing table hand items over in bulk; anyone else creating
         // new targets under non-authorized keys is budgeted.
         let stranger = self.state.view.addresses(&peer).is_empty();
@@ -92,6 +93,14 @@ impl Inbound {
         let mut batch = Vec::new();
         let mut slots = Vec::new();
         for p in items {
+            let p = match p.and_then(|p| self.rebuild(p)) {
+                Ok(Ok(p)) => Ok(p),
+                Ok(Err(held_seq)) => {
+                    results.push(Some(PutResult::NeedBase { held_seq }));
+                    continue;
+                }
+                Err(r) => Err(r),
+            };
             let checked = p
                 .and_then(|p| self.validator.validate(p.item).map(|v| (v, p.opts)))
                 .and_then(|(v, opts)| {
@@ -141,6 +150,31 @@ impl Inbound {
             }
         }
         Response::Put(results.into_iter().flatten().collect())
+    }
+
+    /// The put item with its full value: a coded value is decoded (a patch against the
+    /// live copy held at the target); `Ok(Err(held_seq))` when a patch's base is not
+    /// held (a store that fails to read counts as holding nothing). The value is still
+    /// untrusted: the item goes through validation like any other.
+    fn rebuild(&self, mut p: PutItem) -> Result<Result<PutItem, u64>, Rejection> {
+        let Some(coded) = p.coded.take() else {
+            return Ok(Ok(p));
+        };
+        let held = match coded.base() {
+            Some(_) => self.store.get(&p.item.target()).ok().flatten(),
+            None => None,
+        };
+        let base = held
+            .as_ref()
+            .and_then(|s| s.item.value().map(|v| (s.item.seq, &v[..])));
+        match coded.decode(base, self.limits.max_value_len) {
+            Ok(Decoded::Value(v)) => {
+                let opts = p.opts;
+                Ok(Ok(PutItem::plain(p.with_value(v), opts)))
+            }
+            Ok(Decoded::NeedBase(_)) => Ok(Err(held.map_or(0, |s| s.item.seq))),
+            Err(e) => Err(Rejection::from(e)),
+        }
     }
 
     /// The stranger budgets (see [`crate::admission`]): a new item under a key that is
@@ -247,7 +281,7 @@ fn sync_page<E>(
     req: &SyncRequest,
     budget: usize,
     wanted: impl Fn(&Target) -> bool,
-) -> Result<(Vec<Decoded<Envelope>>, u64, bool), E> {
+) -> Result<(Vec<Read<Envelope>>, u64, bool), E> {
     let limit = (req.limit as usize).clamp(1, MAX_SYNC_PAGE);
     let mut items = Vec::new();
     let mut bytes = 0usize;

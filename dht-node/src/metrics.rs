@@ -43,6 +43,13 @@ pub struct ProtocolBytesLabels {
     pub direction: &'static str,
 }
 
+/// Labels of put values by the form they were sent in.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ValueFormLabels {
+    /// "plain", "zstd" or "patch".
+    pub form: &'static str,
+}
+
 /// Labels of refused kad records.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KadRejectLabels {
@@ -112,6 +119,14 @@ pub struct Metrics {
     /// Substream bytes by application protocol and direction (multistream-select
     /// negotiation included; noise and yamux framing excluded).
     pub protocol_bytes: Family<ProtocolBytesLabels, Counter>,
+    /// Put values sent to replicas, by the form they travelled in (one per replica asked,
+    /// retries included).
+    pub put_value_forms: Family<ValueFormLabels, Counter>,
+    /// Replicas that answered a patch with "need base" (the full value was sent again).
+    pub put_need_base: Counter,
+    /// Value bytes not sent thanks to compression and patches (full value length minus
+    /// the coded form's length, per replica).
+    pub put_value_bytes_saved: Counter,
     /// Inbound kad `PUT_VALUE` records refused (never stored), by reason: kad
     /// acknowledges before the record is checked, so this is the only trace.
     pub kad_put_rejected: Family<KadRejectLabels, Counter>,
@@ -156,6 +171,9 @@ impl Metrics {
             protocol_bytes: Family::default(),
             refusals_held: Counter::default(),
             strangers_throttled: Counter::default(),
+            put_value_forms: Family::default(),
+            put_need_base: Counter::default(),
+            put_value_bytes_saved: Counter::default(),
             kad_put_rejected: Family::default(),
             registry: Mutex::new(Registry::with_prefix("dht")),
         };
@@ -170,6 +188,21 @@ impl Metrics {
                 "kad_put_rejected",
                 "Inbound kad PUT_VALUE records refused (not stored) by reason",
                 m.kad_put_rejected.clone(),
+            );
+            r.register(
+                "put_value_forms",
+                "Put values sent to replicas by wire form (plain, zstd, patch)",
+                m.put_value_forms.clone(),
+            );
+            r.register(
+                "put_need_base",
+                "Replicas that lacked a patch's base and were sent the full value",
+                m.put_need_base.clone(),
+            );
+            r.register(
+                "put_value_bytes_saved",
+                "Value bytes not sent to replicas thanks to compression and patches",
+                m.put_value_bytes_saved.clone(),
             );
             r.register(
                 "item_protocol_bytes",

@@ -5,9 +5,11 @@
 //! is still in flight then finishes in the background.
 
 use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use dht_core::codec::WireValue;
 use dht_core::{MutableItem, PublicKey, PutOptions, SigningKey, Target};
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
@@ -25,12 +27,59 @@ use crate::NodeError;
 /// Shortest wait for stragglers once a majority stored.
 const MIN_STRAGGLER_GRACE: Duration = Duration::from_millis(25);
 
+/// Values shorter than this go as they are: coding them saves too little.
+pub(crate) const MIN_CODED_VALUE: usize = 1024;
+
+/// The wire forms of one put's value, shared by the replicas it goes to. Peers that only
+/// speak item protocol 1.0.0 get the value as is whatever these say (the codec decides).
+pub(crate) struct ValueForms {
+    value: Bytes,
+    /// What every replica gets first: a patch against the last value this node put at
+    /// the target, or the value compressed; `None`: as is.
+    pub first: Option<WireValue>,
+    /// The value compressed, for a replica that lacks the patch's base (made once, when
+    /// first needed).
+    full: OnceLock<Option<WireValue>>,
+}
+
+impl ValueForms {
+    /// The forms of `value` (`None`: a tombstone), given the last value put at its
+    /// target (`base`, with its seq). Small values, and values that code no smaller,
+    /// go as they are.
+    pub fn new(value: Option<&Bytes>, base: Option<(u64, Bytes)>) -> Self {
+        let value = value.cloned().unwrap_or_default();
+        let first = (value.len() >= MIN_CODED_VALUE)
+            .then(|| WireValue::encode_for(&value, base.as_ref().map(|(s, v)| (*s, &v[..]))))
+            .filter(|w| !matches!(w, WireValue::Plain(_)));
+        ValueForms {
+            value,
+            first,
+            full: OnceLock::new(),
+        }
+    }
+
+    /// The value without a patch: compressed, or `None` (as is).
+    pub fn full(&self) -> Option<WireValue> {
+        self.full
+            .get_or_init(|| {
+                match &self.first {
+                    Some(w @ WireValue::Zstd(_)) => Some(w.clone()),
+                    _ if self.value.len() < MIN_CODED_VALUE => None,
+                    _ => Some(WireValue::encode_for(&self.value, None)),
+                }
+                .filter(|w| !matches!(w, WireValue::Plain(_)))
+            })
+            .clone()
+    }
+}
+
 /// One put in progress.
 struct PutQuery {
     node: Node,
     target: Target,
     item: MutableItem,
     opts: PutOptions,
+    forms: Arc<ValueForms>,
     known: HashSet<PeerId>,
     placement: Placement,
     asked: HashSet<PeerId>,
@@ -58,8 +107,11 @@ impl PutQuery {
                 let node = self.node.clone();
                 let item = self.item.clone();
                 let opts = self.opts;
-                self.pending
-                    .push(async move { (peer, node.send_item(peer, &item, opts).await) }.boxed());
+                let forms = self.forms.clone();
+                self.pending.push(
+                    async move { (peer, node.send_item_coded(peer, &item, opts, &forms).await) }
+                        .boxed(),
+                );
             }
         }
     }
@@ -149,6 +201,31 @@ impl PutQuery {
 }
 
 impl Node {
+    /// The wire forms of a put's value: a patch against the last value this node put at
+    /// the target (at a lower seq), else compressed; the new value is remembered as the
+    /// next put's base. Coding a large value takes a few milliseconds: off the reactor.
+    async fn value_forms(&self, item: &MutableItem) -> Arc<ValueForms> {
+        let target = item.target();
+        let base = self
+            .inner
+            .sent_values
+            .get(&target)
+            .filter(|(seq, _)| *seq < item.seq);
+        let value = item.value().cloned();
+        if let Some(v) = &value {
+            if v.len() >= MIN_CODED_VALUE {
+                self.inner.sent_values.record(target, item.seq, v.clone());
+            }
+        }
+        let small = value.as_ref().is_none_or(|v| v.len() < MIN_CODED_VALUE);
+        if small {
+            return Arc::new(ValueForms::new(value.as_ref(), None));
+        }
+        let forms =
+            tokio::task::spawn_blocking(move || ValueForms::new(value.as_ref(), base)).await;
+        Arc::new(forms.unwrap_or_else(|_| ValueForms::new(None, None)))
+    }
+
     /// Deletes the subject's item under `salt`: reads the current seq (best of a quorum)
     /// and publishes a signed tombstone one above it.
     #[instrument(skip_all, fields(subject = %subject, salt = %String::from_utf8_lossy(salt)))]
@@ -195,6 +272,7 @@ impl Node {
             Some(_) => Some(self.store_locally(verified, opts).await?),
             None => None,
         };
+        let forms = self.value_forms(&item).await;
         let me = self.peer_id();
         let started = Instant::now();
         let lookup = {
@@ -206,6 +284,7 @@ impl Node {
             target,
             item,
             opts,
+            forms,
             known: self
                 .inner
                 .state

@@ -29,6 +29,7 @@ async fn hostile_requests_get_errors_and_the_node_keeps_serving() {
         }),
         cas_kind: 7,
         cas_seq: 0,
+        coded: None,
     };
     let cases = vec![
         RequestProto { kind: None },
@@ -210,7 +211,16 @@ async fn bytes_are_counted_per_protocol() {
     let net = Testnet::builder(3).build().await.unwrap();
     assert!(net.wait_for_routing(2, Duration::from_secs(10)).await);
     let key = SigningKey::generate_ed25519();
-    let value = vec![7u8; 20_000];
+    // Incompressible (xorshift), so it travels as is, never coded smaller.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let value: Vec<u8> = (0..20_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
     let item = MutableItem::sign(&key, key.public_key(), "svc", 1, value);
     let report = net.nodes[0].put(item).await.unwrap();
     assert!(report.majority_stored(), "{report:?}");

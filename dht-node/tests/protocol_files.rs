@@ -10,10 +10,12 @@ use dht_core::{MutableItem, SigningKey};
 use dht_node::test_util::{
     request_proto, response_proto, ErrorProto, GetRequestProto, GetResponseProto, ItemCodec,
     ItemRequest, PutItemProto, PutRequestProto, PutResponseProto, PutResultProto, RequestProto,
-    ResponseProto, SyncRequestProto, SyncResponseProto, ITEM_PROTOCOL,
+    ResponseProto, SyncRequestProto, SyncResponseProto, ValueCodecProto, ITEM_PROTOCOL,
+    ITEM_PROTOCOL_CODED,
 };
 use futures::io::Cursor;
 use libp2p::request_response::Codec;
+use libp2p::StreamProtocol;
 use prost_reflect::{DescriptorPool, DynamicMessage, ReflectMessage, Value};
 
 const BIG: u64 = (1 << 40) + 7;
@@ -34,9 +36,14 @@ fn codec() -> ItemCodec {
 
 /// The body of the frame the codec writes for a request.
 async fn request_frame(req: RequestProto) -> Vec<u8> {
+    request_frame_on(&ITEM_PROTOCOL, req).await
+}
+
+/// The body of the frame the codec writes for a request on `protocol`.
+async fn request_frame_on(protocol: &StreamProtocol, req: RequestProto) -> Vec<u8> {
     let mut io = Cursor::new(Vec::new());
     codec()
-        .write_request(&ITEM_PROTOCOL, &mut io, ItemRequest::Message(req))
+        .write_request(protocol, &mut io, ItemRequest::Message(req))
         .await
         .unwrap();
     let bytes = io.into_inner();
@@ -162,6 +169,7 @@ async fn request_frames_decode_with_the_published_proto() {
                 envelope: Some(envelope(&it)),
                 cas_kind: 2,
                 cas_seq: BIG + 2,
+                coded: None,
             }],
         })),
     })
@@ -175,6 +183,58 @@ async fn request_frames_decode_with_the_published_proto() {
     );
     assert_eq!(get(&m, "put.items.envelope.expires_at_ms"), Value::U64(BIG));
     check_item(&m, "put.items.envelope.item.", &it);
+
+    // Item protocol 1.1.0: a coded value, the item's value left empty.
+    let coded = ValueCodecProto {
+        form: 2,
+        data: Bytes::from_static(b"patch"),
+        base_seq: BIG + 1,
+        base_hash: Bytes::from(vec![7u8; 32]),
+    };
+    let put = |protocol: StreamProtocol| {
+        let req = RequestProto {
+            kind: Some(request_proto::Kind::Put(PutRequestProto {
+                items: vec![PutItemProto {
+                    envelope: Some(envelope(&it)),
+                    cas_kind: 0,
+                    cas_seq: 0,
+                    coded: Some(coded.clone()),
+                }],
+            })),
+        };
+        async move { request_frame_on(&protocol, req).await }
+    };
+    let frame = put(ITEM_PROTOCOL_CODED).await;
+    let m = decode(&pool, "RequestProto", &frame);
+    assert_eq!(get(&m, "put.items.coded.form"), Value::U32(2));
+    assert_eq!(
+        get(&m, "put.items.coded.data"),
+        Value::Bytes(Bytes::from_static(b"patch"))
+    );
+    assert_eq!(get(&m, "put.items.coded.base_seq"), Value::U64(BIG + 1));
+    assert_eq!(
+        get(&m, "put.items.coded.base_hash"),
+        Value::Bytes(Bytes::from(vec![7u8; 32]))
+    );
+    assert_eq!(
+        get(&m, "put.items.envelope.item.value"),
+        Value::Bytes(Bytes::new())
+    );
+    // On 1.0.0 the same request carries the value as is and no coded form.
+    let frame = put(ITEM_PROTOCOL).await;
+    let m = decode(&pool, "RequestProto", &frame);
+    check_item(&m, "put.items.envelope.item.", &it);
+    let Value::Message(put) = get(&m, "put") else {
+        panic!("a message")
+    };
+    let items = put.get_field_by_name("items").unwrap().into_owned();
+    let Value::List(items) = items else {
+        panic!("{items:?}")
+    };
+    let Value::Message(first) = &items[0] else {
+        panic!("a message")
+    };
+    assert!(!first.has_field_by_name("coded"));
 
     let target = it.target();
     let g = request_frame(RequestProto {
@@ -212,12 +272,20 @@ async fn response_frames_decode_with_the_published_proto() {
     let it = item();
     let put = response_frame(ResponseProto {
         kind: Some(response_proto::Kind::Put(PutResponseProto {
-            results: vec![PutResultProto {
-                outcome: 4,
-                reason: 6,
-                detail: "equal seq".into(),
-                previous_seq: BIG,
-            }],
+            results: vec![
+                PutResultProto {
+                    outcome: 4,
+                    reason: 6,
+                    detail: "equal seq".into(),
+                    previous_seq: BIG,
+                },
+                PutResultProto {
+                    outcome: 5,
+                    reason: 0,
+                    detail: String::new(),
+                    previous_seq: BIG + 1,
+                },
+            ],
         })),
     })
     .await;
@@ -229,6 +297,18 @@ async fn response_frames_decode_with_the_published_proto() {
         Value::String("equal seq".into())
     );
     assert_eq!(get(&m, "put.results.previous_seq"), Value::U64(BIG));
+    let Value::Message(put) = get(&m, "put") else {
+        panic!("a message")
+    };
+    let results = put.get_field_by_name("results").unwrap().into_owned();
+    let Value::List(results) = results else {
+        panic!("{results:?}")
+    };
+    let Value::Message(need_base) = &results[1] else {
+        panic!("a message")
+    };
+    assert_eq!(get(need_base, "outcome"), Value::U32(5));
+    assert_eq!(get(need_base, "previous_seq"), Value::U64(BIG + 1));
 
     let g = response_frame(ResponseProto {
         kind: Some(response_proto::Kind::Get(GetResponseProto {

@@ -119,6 +119,7 @@ where
                         cas: None,
                         expires_at_ms: (stored.expires_at_ms != 0).then_some(stored.expires_at_ms),
                     },
+                    coded: None,
                 });
             }
             items += usize::from(!peers.is_empty());

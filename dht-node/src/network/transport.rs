@@ -20,7 +20,7 @@ use crate::bandwidth::{Metered, ProtocolBytes};
 use crate::config::{NodeConfig, NodeMode};
 use crate::kad_records::ItemRecordStore;
 use crate::metrics::Metrics;
-use crate::protocol::{ItemCodec, ITEM_PROTOCOL, KAD_PROTOCOL};
+use crate::protocol::{ItemCodec, ITEM_PROTOCOL, ITEM_PROTOCOL_CODED, KAD_PROTOCOL};
 use crate::NodeError;
 
 /// How often connected peers are pinged (`/ipfs/ping/1.0.0`): a pong clears a
@@ -69,6 +69,10 @@ pub(crate) fn build_swarm(
         .set_periodic_bootstrap_interval(Some(Duration::from_secs(5 * 60)));
     let max_message_len = config.max_message_len();
     let traffic = metrics.item_protocol_bytes.clone();
+    let (forms, saved) = (
+        metrics.put_value_forms.clone(),
+        metrics.put_value_bytes_saved.clone(),
+    );
     let mode = config.mode;
     let idle = config.idle_connection_timeout;
     let request_timeout = config.request_timeout;
@@ -84,8 +88,12 @@ pub(crate) fn build_swarm(
             NodeMode::Client => ProtocolSupport::Outbound,
         };
         let items = request_response::Behaviour::with_codec(
-            ItemCodec::new(max_message_len, &traffic),
-            [(ITEM_PROTOCOL, support)],
+            ItemCodec::new(max_message_len, &traffic).counting_forms(&forms, &saved),
+            // The coded protocol first: multistream-select settles on the first both speak.
+            [
+                (ITEM_PROTOCOL_CODED, support.clone()),
+                (ITEM_PROTOCOL, support),
+            ],
             request_response::Config::default()
                 .with_request_timeout(request_timeout)
                 .with_max_concurrent_streams(MAX_STREAMS_PER_CONNECTION),

@@ -23,8 +23,10 @@ use crate::config::NodeConfig;
 use crate::events::NodeEvent;
 use crate::metrics::Metrics;
 use crate::network::{Client, Command};
-use crate::protocol::{PutItem, Request, Response};
+use crate::protocol::{PutItem, PutResult, Request, Response};
+use crate::put::ValueForms;
 use crate::report::{NodeStats, ReplicaResult};
+use crate::sent_values::SentValues;
 use crate::state::NodeState;
 use crate::NodeError;
 
@@ -43,6 +45,8 @@ pub(crate) struct NodeInner {
     pub client: Client,
     pub tasks: Mutex<Vec<JoinHandle<()>>>,
     pub listen_addrs: Vec<Multiaddr>,
+    /// The last value put per target: the base of the next put's patch.
+    pub sent_values: SentValues,
 }
 
 impl std::fmt::Debug for Node {
@@ -239,17 +243,53 @@ impl Node {
         item: &MutableItem,
         opts: PutOptions,
     ) -> ReplicaResult {
-        let request = Request::put([PutItem {
+        let put = PutItem::plain(item.clone(), opts);
+        self.exchange(peer, put).await.unwrap_or_else(|r| r.into())
+    }
+
+    /// Sends an item to one peer with its value in `forms`' first form (a patch against
+    /// the last value this node put there, or compressed) to a peer speaking the coded
+    /// protocol; a replica that lacks the patch's base gets the full value once more,
+    /// compressed. Returns what the peer did.
+    pub(crate) async fn send_item_coded(
+        &self,
+        peer: PeerId,
+        item: &MutableItem,
+        opts: PutOptions,
+        forms: &ValueForms,
+    ) -> ReplicaResult {
+        let put = |coded| PutItem {
             item: item.clone(),
             opts,
-        }]);
+            coded,
+        };
+        let first = forms.first.clone();
+        let patched = first.as_ref().is_some_and(|w| w.base().is_some());
+        match self.exchange(peer, put(first)).await {
+            Err(PutResult::NeedBase { .. }) if patched => {
+                self.metrics().put_need_base.inc();
+                let full = forms.full();
+                self.exchange(peer, put(full))
+                    .await
+                    .unwrap_or_else(|r| r.into())
+            }
+            Err(r) => r.into(),
+            Ok(r) => r,
+        }
+    }
+
+    /// One put item to one peer: what it did, or (`Err`) the put result to act on
+    /// when it did not store it (rejected or lacking a patch's base).
+    async fn exchange(&self, peer: PeerId, put: PutItem) -> Result<ReplicaResult, PutResult> {
+        let request = Request::put([put]);
         let frame = match self.inner.client.send(peer, request.into()).await {
             Ok(frame) => frame,
-            Err(e) => return ReplicaResult::Failed(e.to_string()),
+            Err(e) => return Ok(ReplicaResult::Failed(e.to_string())),
         };
-        match Response::decode(frame, self.inner.client.limits()) {
+        Ok(match Response::decode(frame, self.inner.client.limits()) {
             Ok(Response::Put(results)) => match results.into_iter().next() {
-                Some(r) => r.into(),
+                Some(r @ PutResult::Stored(_)) => r.into(),
+                Some(r) => return Err(r),
                 None => ReplicaResult::Failed("empty put response".into()),
             },
             // A refusal of the whole request with a reason code (a frame over the limit
@@ -262,7 +302,7 @@ impl Node {
                 None => ReplicaResult::Failed(format!("{}: {}", refusal.code, refusal.detail)),
             },
             _ => ReplicaResult::Failed("unexpected response".into()),
-        }
+        })
     }
 }
 

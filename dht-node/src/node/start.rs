@@ -129,6 +129,7 @@ impl Node {
                 client,
                 tasks: Mutex::new(vec![driver_task]),
                 listen_addrs,
+                sent_values: Default::default(),
             }),
         };
         info!(peer_id = %node.peer_id(), mode = ?node.inner.config.mode, "node started");

@@ -10,7 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prost::Message;
 
 use super::wire::{request_proto, RequestProto, ResponseProto};
-use crate::metrics::TrafficLabels;
+use crate::metrics::{TrafficLabels, ValueFormLabels};
 
 /// An inbound request as the codec hands it over: decoded, or refused from its length
 /// prefix alone (its body was never buffered).
@@ -57,11 +57,37 @@ impl ItemRequest {
                             .as_ref()
                             .and_then(|e| e.item.as_ref())
                             .map_or(0, |it| it.value.len())
+                            + i.coded.as_ref().map_or(0, |c| c.data.len())
                     })
                     .sum::<usize>()
                     .max(BASE),
                 _ => BASE,
             },
+        }
+    }
+}
+
+/// Puts one form of each put value on the wire: the coded form with an empty value for
+/// a peer speaking [`super::ITEM_PROTOCOL_CODED`], the value as is for any other.
+/// Counts the forms sent in `forms`.
+fn for_protocol(m: &mut RequestProto, protocol: &StreamProtocol, forms: &Forms) {
+    let Some(request_proto::Kind::Put(p)) = &mut m.kind else {
+        return;
+    };
+    let coded = *protocol == super::ITEM_PROTOCOL_CODED;
+    for i in &mut p.items {
+        let value = i.envelope.as_mut().and_then(|e| e.item.as_mut());
+        match (&i.coded, value) {
+            (Some(c), Some(item)) if coded => {
+                let full = std::mem::take(&mut item.value).len();
+                let sent = c.data.len() + c.base_hash.len() + 8 * usize::from(c.form == 2);
+                forms.count(if c.form == 2 { "patch" } else { "zstd" });
+                forms.saved.inc_by(full.saturating_sub(sent) as u64);
+            }
+            _ => {
+                i.coded = None;
+                forms.count("plain");
+            }
         }
     }
 }
@@ -83,6 +109,20 @@ pub struct ItemCodec {
     /// Bytes of inbound bodies being buffered, over every stream of the node.
     pub inbound_budget: std::sync::Arc<tokio::sync::Semaphore>,
     traffic: Traffic,
+    forms: Forms,
+}
+
+/// Counters of the forms of put values written.
+#[derive(Debug, Clone, Default)]
+struct Forms {
+    by_form: Family<ValueFormLabels, Counter>,
+    saved: Counter,
+}
+
+impl Forms {
+    fn count(&self, form: &'static str) {
+        self.by_form.get_or_create(&ValueFormLabels { form }).inc();
+    }
 }
 
 /// Byte counters of the codec.
@@ -109,7 +149,22 @@ impl ItemCodec {
                 inbound: get("in"),
                 outbound: get("out"),
             },
+            forms: Forms::default(),
         }
+    }
+
+    /// Counts the forms of the put values it writes in `by_form`, and the value bytes
+    /// coding saved in `saved`.
+    pub fn counting_forms(
+        mut self,
+        by_form: &Family<ValueFormLabels, Counter>,
+        saved: &Counter,
+    ) -> Self {
+        self.forms = Forms {
+            by_form: by_form.clone(),
+            saved: saved.clone(),
+        };
+        self
     }
 }
 
@@ -228,7 +283,7 @@ impl libp2p::request_response::Codec for ItemCodec {
 
     async fn write_request<T>(
         &mut self,
-        _: &StreamProtocol,
+        protocol: &StreamProtocol,
         io: &mut T,
         req: ItemRequest,
     ) -> io::Result<()>
@@ -236,7 +291,8 @@ impl libp2p::request_response::Codec for ItemCodec {
         T: AsyncWrite + Unpin + Send,
     {
         match req {
-            ItemRequest::Message(m) => {
+            ItemRequest::Message(mut m) => {
+                for_protocol(&mut m, protocol, &self.forms);
                 let bytes = m.encode_to_vec();
                 self.traffic.outbound.inc_by(4 + bytes.len() as u64);
                 write_frame(io, bytes, self.max_message_len).await

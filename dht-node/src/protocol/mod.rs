@@ -30,6 +30,10 @@ pub use wire::*;
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/skywire-dht/kad/1.0.0");
 /// The item protocol name.
 pub const ITEM_PROTOCOL: StreamProtocol = StreamProtocol::new("/skywire-dht/item/1.0.0");
+/// The item protocol with coded put values (compressed, or patches against a base the
+/// replica holds): the same messages, plus `PutItemProto.coded` and the put outcome
+/// "need base". Offered first; peers that only speak [`ITEM_PROTOCOL`] get plain values.
+pub const ITEM_PROTOCOL_CODED: StreamProtocol = StreamProtocol::new("/skywire-dht/item/1.1.0");
 
 /// A response frame as the codec reads and writes it; [`Response::decode`] turns it into
 /// a [`Response`].

@@ -1,8 +1,9 @@
 //! The typed requests of the item protocol and their wire form.
 
 use bytes::Bytes;
+use dht_core::codec::WireValue;
 use dht_core::wire::DecodeLimits;
-use dht_core::{Cas, MutableItem, PutOptions, ReasonCode, Rejection, Target};
+use dht_core::{Cas, ItemBody, MutableItem, PutOptions, ReasonCode, Rejection, Target};
 
 use super::wire::{self, request_proto};
 use super::{envelope_proto, Decoded, ItemRequest, Refusal};
@@ -14,6 +15,28 @@ pub(crate) struct PutItem {
     pub item: MutableItem,
     /// Compare-and-swap and the deadline it carries.
     pub opts: PutOptions,
+    /// The value in a coded form (compressed, or a patch), sent instead of the value
+    /// to peers speaking [`super::ITEM_PROTOCOL_CODED`] (others get `item` as is).
+    /// In a decoded request it is `Some` only when the value came coded, and `item`'s
+    /// value is then empty until the replica rebuilds it ([`PutItem::with_value`]).
+    pub coded: Option<WireValue>,
+}
+
+impl PutItem {
+    /// An item sent as is.
+    pub fn plain(item: MutableItem, opts: PutOptions) -> Self {
+        PutItem {
+            item,
+            opts,
+            coded: None,
+        }
+    }
+
+    /// The item with its value rebuilt from the coded form.
+    pub fn with_value(mut self, value: Bytes) -> MutableItem {
+        self.item.body = ItemBody::Value(value);
+        self.item
+    }
 }
 
 /// Sync: the items changed after `since` (the responder's change sequence) that the
@@ -121,6 +144,44 @@ fn put_item_proto(p: &PutItem) -> wire::PutItemProto {
         envelope: Some(envelope_proto(&p.item, p.opts.expires_at_ms)),
         cas_kind,
         cas_seq,
+        coded: p.coded.as_ref().map(coded_proto),
+    }
+}
+
+/// The wire form of a coded value. A plain one is never coded (its item carries it).
+fn coded_proto(w: &WireValue) -> wire::ValueCodecProto {
+    match w {
+        WireValue::Plain(_) => wire::ValueCodecProto::default(),
+        WireValue::Zstd(frame) => wire::ValueCodecProto {
+            form: 1,
+            data: frame.clone(),
+            base_seq: 0,
+            base_hash: Bytes::new(),
+        },
+        WireValue::Patch {
+            base_seq,
+            base_hash,
+            patch,
+        } => wire::ValueCodecProto {
+            form: 2,
+            data: patch.clone(),
+            base_seq: *base_seq,
+            base_hash: Bytes::copy_from_slice(base_hash),
+        },
+    }
+}
+
+/// A coded value read from the wire.
+fn decode_coded(c: wire::ValueCodecProto) -> Result<WireValue, Rejection> {
+    match c.form {
+        1 => Ok(WireValue::Zstd(c.data)),
+        2 => Ok(WireValue::Patch {
+            base_seq: c.base_seq,
+            base_hash: <[u8; 32]>::try_from(&c.base_hash[..])
+                .map_err(|_| Rejection::Malformed("patch base hash must be 32 bytes".into()))?,
+            patch: c.data,
+        }),
+        f => Err(Rejection::Malformed(format!("unknown value form {f}"))),
     }
 }
 
@@ -135,11 +196,18 @@ fn decode_put_item(p: wire::PutItemProto, limits: &DecodeLimits) -> Decoded<PutI
         2 => Some(Cas::Seq(p.cas_seq)),
         k => return Err(Rejection::Malformed(format!("unknown cas kind {k}"))),
     };
+    let coded = p.coded.map(decode_coded).transpose()?;
+    if coded.is_some() && env.item.value().is_none_or(|v| !v.is_empty()) {
+        return Err(Rejection::Malformed(
+            "a coded value goes with an empty value item".into(),
+        ));
+    }
     Ok(PutItem {
         item: env.item,
         opts: PutOptions {
             cas,
             expires_at_ms: env.expires_at_ms,
         },
+        coded,
     })
 }

@@ -12,6 +12,12 @@ use crate::report::ReplicaResult;
 pub(crate) enum PutResult {
     /// Stored, and how.
     Stored(Admission),
+    /// A patch against a base this replica does not hold: nothing was stored, the
+    /// sender should send the full value. Only answered on the coded protocol.
+    NeedBase {
+        /// The seq held at the target (0: nothing).
+        held_seq: u64,
+    },
     /// Refused, with the stable reason code.
     Rejected {
         /// The reason.
@@ -26,6 +32,10 @@ impl From<PutResult> for ReplicaResult {
         match r {
             PutResult::Stored(a) => ReplicaResult::Stored(a),
             PutResult::Rejected { code, detail } => ReplicaResult::Rejected { code, detail },
+            // The sender retries with the full value; one left over is a failure.
+            PutResult::NeedBase { held_seq } => ReplicaResult::Failed(format!(
+                "replica lacks the patch's base (holds seq {held_seq})"
+            )),
         }
     }
 }
@@ -37,6 +47,7 @@ impl From<&PutResult> for wire::PutResultProto {
             PutResult::Stored(Admission::Replace { previous_seq }) => (2, *previous_seq),
             PutResult::Stored(Admission::Refresh) => (3, 0),
             PutResult::Stored(Admission::Supersede { seq }) => (4, *seq),
+            PutResult::NeedBase { held_seq } => (5, *held_seq),
             PutResult::Rejected { code, detail } => {
                 return wire::PutResultProto {
                     outcome: 0,
@@ -66,6 +77,9 @@ impl From<wire::PutResultProto> for PutResult {
             4 => PutResult::Stored(Admission::Supersede {
                 seq: r.previous_seq,
             }),
+            5 => PutResult::NeedBase {
+                held_seq: r.previous_seq,
+            },
             _ => PutResult::Rejected {
                 code: ReasonCode::from_tag(r.reason).unwrap_or(ReasonCode::Malformed),
                 detail: r.detail,

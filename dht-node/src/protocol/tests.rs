@@ -44,6 +44,7 @@ fn every_request_round_trips() {
             PutItem {
                 item: it.clone(),
                 opts: PutOptions::default(),
+                coded: None,
             },
             PutItem {
                 item: it.clone(),
@@ -51,6 +52,7 @@ fn every_request_round_trips() {
                     cas: Some(Cas::Absent),
                     expires_at_ms: Some(it.expires_at_ms - 1),
                 },
+                coded: None,
             },
             PutItem {
                 item: it.clone(),
@@ -58,6 +60,7 @@ fn every_request_round_trips() {
                     cas: Some(Cas::Seq(2)),
                     expires_at_ms: None,
                 },
+                coded: None,
             },
         ]),
         Request::put([]),
@@ -86,6 +89,8 @@ fn every_response_round_trips() {
         PutResult::Stored(Admission::Replace { previous_seq: 7 }),
         PutResult::Stored(Admission::Refresh),
         PutResult::Stored(Admission::Supersede { seq: 9 }),
+        PutResult::NeedBase { held_seq: 1 << 40 },
+        PutResult::NeedBase { held_seq: 0 },
         PutResult::Rejected {
             code: ReasonCode::Stale,
             detail: "old".into(),
@@ -163,6 +168,7 @@ fn malformed_requests_are_refused_or_rejected_per_item() {
     let mut good = wire::RequestProto::from(Request::put([PutItem {
         item: item(1),
         opts: PutOptions::default(),
+        coded: None,
     }]));
     if let Some(request_proto::Kind::Put(p)) = &mut good.kind {
         let mut bad_cas = p.items[0].clone();
@@ -203,4 +209,107 @@ fn a_refusal_names_its_reason_code_when_it_has_one() {
         Some(ReasonCode::TooLarge)
     );
     assert_eq!(Refusal::new(Refusal::RATE_LIMITED, "").reason(), None);
+}
+
+/// A request through the codec's writer on `protocol`, and back through its reader.
+async fn through_codec(r: Request, protocol: &libp2p::StreamProtocol) -> (usize, Request) {
+    use libp2p::request_response::Codec;
+    let traffic = prometheus_client::metrics::family::Family::default();
+    let mut codec = ItemCodec::new(2 << 20, &traffic);
+    let mut io = futures::io::Cursor::new(Vec::new());
+    codec
+        .write_request(protocol, &mut io, r.into())
+        .await
+        .unwrap();
+    let bytes = io.into_inner();
+    let len = bytes.len();
+    let mut io = futures::io::Cursor::new(bytes);
+    let frame = codec.read_request(protocol, &mut io).await.unwrap();
+    (len, Request::decode(frame, &limits()).unwrap())
+}
+
+fn big_item(seq: u64, value: Vec<u8>) -> MutableItem {
+    let key = SigningKey::generate_ed25519();
+    MutableItem::sign(&key, key.public_key(), "tp", seq, value)
+}
+
+#[tokio::test]
+async fn coded_values_go_only_to_peers_speaking_1_1_0() {
+    use dht_core::codec::WireValue;
+    let value: Vec<u8> = (0..400u32)
+        .flat_map(|i| format!("{{\"t_id\":\"{i:08x}\",\"type\":\"stcpr\"}},").into_bytes())
+        .collect();
+    let it = big_item(2, value.clone());
+    let base: Vec<u8> = value[..value.len() - 30].to_vec();
+    for coded in [
+        WireValue::encode_for(&value, None),
+        WireValue::encode_for(&value, Some((1, &base))),
+    ] {
+        assert!(!matches!(coded, WireValue::Plain(_)), "{coded:?}");
+        let put = PutItem {
+            item: it.clone(),
+            opts: PutOptions::default(),
+            coded: Some(coded.clone()),
+        };
+        // 1.0.0: the value as is, no coded form.
+        let (plain_len, back) = through_codec(Request::put([put.clone()]), &ITEM_PROTOCOL).await;
+        assert_eq!(back, Request::put([PutItem::plain(it.clone(), put.opts)]));
+        assert!(plain_len > value.len());
+        // 1.1.0: the coded form with an empty value, which the replica fills in.
+        let (coded_len, back) = through_codec(Request::put([put]), &ITEM_PROTOCOL_CODED).await;
+        assert!(coded_len < plain_len / 2, "{coded_len} vs {plain_len}");
+        let Request::Put(mut items) = back else {
+            panic!("a put")
+        };
+        let got = items.pop().unwrap().unwrap();
+        assert_eq!(got.coded.as_ref(), Some(&coded));
+        assert_eq!(got.item.value().map(|v| v.len()), Some(0));
+        let Ok(dht_core::codec::Decoded::Value(v)) =
+            got.coded.clone().unwrap().decode(Some((1, &base)), 1 << 20)
+        else {
+            panic!("decodes")
+        };
+        assert_eq!(got.with_value(v), it);
+    }
+}
+
+#[test]
+fn malformed_coded_values_are_rejected_per_item() {
+    let it = big_item(2, vec![]);
+    let coded = |form: u32, hash: usize| wire::PutItemProto {
+        envelope: Some(envelope_proto(&it, None)),
+        cas_kind: 0,
+        cas_seq: 0,
+        coded: Some(wire::ValueCodecProto {
+            form,
+            data: Bytes::from_static(b"x"),
+            base_seq: 1,
+            base_hash: vec![0u8; hash].into(),
+        }),
+    };
+    let with_value = wire::PutItemProto {
+        envelope: Some(envelope_proto(&item(2), None)),
+        ..coded(1, 0)
+    };
+    let frame = wire::RequestProto {
+        kind: Some(request_proto::Kind::Put(wire::PutRequestProto {
+            items: vec![
+                coded(1, 0),
+                coded(2, 32),
+                coded(3, 0),
+                coded(2, 31),
+                with_value,
+            ],
+        })),
+    };
+    let Request::Put(items) = Request::decode(ItemRequest::Message(frame), &limits()).unwrap()
+    else {
+        panic!("a put")
+    };
+    assert!(items[0].is_ok() && items[1].is_ok());
+    let codes: Vec<_> = items[2..]
+        .iter()
+        .map(|i| i.as_ref().unwrap_err().code())
+        .collect();
+    assert_eq!(codes, [ReasonCode::Malformed; 3]);
 }

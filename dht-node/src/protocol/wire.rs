@@ -44,6 +44,28 @@ pub struct PutItemProto {
     /// Expected stored seq for `cas_kind == 2`.
     #[prost(uint64, tag = "3")]
     pub cas_seq: u64,
+    /// The value in a coded form (item protocol 1.1.0 only); the item's value is then
+    /// empty. In memory, before the codec writes it, the item keeps its full value too:
+    /// the codec sends one or the other depending on the negotiated protocol.
+    #[prost(message, optional, tag = "4")]
+    pub coded: Option<ValueCodecProto>,
+}
+
+/// A value in a coded form (see `dht_core::codec::WireValue`).
+#[derive(Clone, PartialEq, Message)]
+pub struct ValueCodecProto {
+    /// 1 zstd frame of the value, 2 patch from the base.
+    #[prost(uint32, tag = "1")]
+    pub form: u32,
+    /// The zstd frame or the patch.
+    #[prost(bytes = "bytes", tag = "2")]
+    pub data: Bytes,
+    /// The seq of the base (form 2).
+    #[prost(uint64, tag = "3")]
+    pub base_seq: u64,
+    /// SHA-256 of the base value (form 2).
+    #[prost(bytes = "bytes", tag = "4")]
+    pub base_hash: Bytes,
 }
 
 /// Store one or more items.
@@ -109,7 +131,8 @@ pub mod response_proto {
 #[derive(Clone, PartialEq, Message)]
 pub struct PutResultProto {
     /// 1 inserted, 2 replaced, 3 refreshed, 4 superseded (a different item at the same
-    /// seq lost to this one in the total order), 0 rejected.
+    /// seq lost to this one in the total order), 5 need base (a patch's base is not
+    /// held: send the full value; `previous_seq` is the seq held, 0 if none), 0 rejected.
     #[prost(uint32, tag = "1")]
     pub outcome: u32,
     /// [`dht_core::ReasonCode::tag`] when rejected.
@@ -118,7 +141,7 @@ pub struct PutResultProto {
     /// Human-readable detail.
     #[prost(string, tag = "3")]
     pub detail: String,
-    /// The seq replaced (outcome 2) or superseded (outcome 4).
+    /// The seq replaced (outcome 2), superseded (outcome 4) or held (outcome 5).
     #[prost(uint64, tag = "4")]
     pub previous_seq: u64,
 }
