@@ -259,7 +259,9 @@ pub fn build_swarm(
         .set_record_filtering(kad::StoreInserts::FilterBoth)
         // A record is one encoded item: let the largest item through in both directions.
         .set_max_packet_size(config.max_message_len())
-        .set_periodic_bootstrap_interval(Some(Duration::from_secs(5 * 60)));
+        // The node runs its own periodic bootstrap (see `Node::join`), only when it knows
+        // peers: kad's would warn "No known peers" on a lone bootstrap node.
+        .set_periodic_bootstrap_interval(None);
     let max_message_len = config.max_message_len();
     let traffic = metrics.item_protocol_bytes.clone();
     let mode = config.mode;

@@ -1,6 +1,6 @@
 //! The node API: build, put, get, delete, closest peers, stats, events, shutdown.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -274,7 +274,10 @@ impl Node {
                     ..StoreConfig::default()
                 };
                 Some(match &config.data_dir {
-                    Some(dir) => Arc::new(RedbStore::open(dir.join(STORE_FILE), store_config)?),
+                    Some(dir) => Arc::new(
+                        RedbStore::open(dir.join(STORE_FILE), store_config)
+                            .map_err(|e| NodeError::from_store_open(dir.join(STORE_FILE), e))?,
+                    ),
                     None => Arc::new(dht_core::store::MemoryStore::new(store_config)),
                 })
             }
@@ -282,12 +285,15 @@ impl Node {
 
         let metrics = Metrics::new();
         let mut swarm = build_swarm(keypair, &config, &metrics)?;
-        let mut listeners = HashSet::new();
+        for addr in &config.external_addresses {
+            swarm.add_external_address(addr.clone());
+        }
+        let mut listeners = HashMap::new();
         for addr in &config.listen {
             let id = swarm
                 .listen_on(addr.clone())
-                .map_err(|e| NodeError::Transport(format!("listen on {addr}: {e}")))?;
-            listeners.insert(id);
+                .map_err(|e| NodeError::listen(addr, e))?;
+            listeners.insert(id, addr.clone());
         }
         // Wait until every listener reports an address, so callers learn real ports.
         let mut listen_addrs = Vec::new();
@@ -301,10 +307,20 @@ impl Node {
                     listeners.remove(&listener_id);
                     listen_addrs.push(address);
                 }
-                Ok(libp2p::swarm::SwarmEvent::ListenerError { error, .. })
+                Ok(libp2p::swarm::SwarmEvent::ListenerError { listener_id, error })
                 | Ok(libp2p::swarm::SwarmEvent::ListenerClosed {
-                    reason: Err(error), ..
-                }) => return Err(NodeError::Transport(format!("listener failed: {error}"))),
+                    listener_id,
+                    reason: Err(error),
+                    ..
+                }) => {
+                    return Err(match listeners.get(&listener_id) {
+                        Some(addr) => NodeError::Listen {
+                            addr: addr.clone(),
+                            source: error,
+                        },
+                        None => NodeError::Transport(format!("listener failed: {error}")),
+                    })
+                }
                 Ok(_) => {}
                 Err(_) => return Err(NodeError::Transport("listeners did not start".into())),
             }
@@ -406,23 +422,24 @@ impl Node {
                 .bootstrapped
                 .store(true, std::sync::atomic::Ordering::Release);
         }
+        // Nodes joining at the same time may each miss the other in their first round
+        // (the peer they asked had not yet added the other): a few early rounds, then one
+        // every 5 minutes (a round with an empty routing table is skipped quietly).
+        let early: &'static [u64] = if known > 0 { &[1, 3, 10, 30] } else { &[] };
         if known > 0 {
             info!(known, "joining the network");
             self.command(Command::Bootstrap).await?;
-            // Nodes joining at the same time may each miss the other in their first round
-            // (the peer they asked had not yet added the other): repeat a few early rounds
-            // before the periodic bootstrap takes over.
-            let commands = self.inner.commands.clone();
-            let rounds = tokio::spawn(async move {
-                for secs in [1u64, 3, 10, 30] {
-                    tokio::time::sleep(Duration::from_secs(secs)).await;
-                    if commands.send(Command::Bootstrap).await.is_err() {
-                        return;
-                    }
-                }
-            });
-            self.inner.tasks.lock().push(rounds);
         }
+        let commands = self.inner.commands.clone();
+        let rounds = tokio::spawn(async move {
+            for secs in early.iter().copied().chain(std::iter::repeat(5 * 60)) {
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+                if commands.send(Command::Bootstrap).await.is_err() {
+                    return;
+                }
+            }
+        });
+        self.inner.tasks.lock().push(rounds);
         Ok(())
     }
 
