@@ -40,6 +40,7 @@ pub mod protocol;
 mod put;
 pub mod report;
 pub mod routing;
+pub mod settings;
 pub mod testnet;
 
 pub use admission::Budget;

@@ -19,6 +19,7 @@ pub mod mirror;
 pub mod plugin;
 pub mod push_api;
 pub mod pusher;
+pub mod settings;
 pub mod visor;
 
 pub use adapters::{
