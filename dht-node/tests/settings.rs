@@ -217,7 +217,7 @@ fn refusals_name_the_key_and_where_it_was_set() {
 fn off_curve_keys_are_refused_on_the_command_line() {
     let off_curve = format!("02{}", "00".repeat(32));
     let (code, _, err) = check(&["--authorize", &format!("tp={off_curve}")], &[]);
-    assert_eq!(code, 2, "{err}"); // clap's usage error
+    assert_eq!(code, 1, "{err}"); // a usage error is exit 1 too
     assert!(err.contains("not a point of its curve"), "{err}");
     let out = Command::new(BIN)
         .args([
@@ -237,6 +237,20 @@ fn off_curve_keys_are_refused_on_the_command_line() {
         err.contains("--subject") && err.contains("not a point of its curve"),
         "{err}"
     );
+}
+
+#[test]
+fn usage_errors_exit_1_not_2_which_means_unreachable() {
+    for args in [
+        &["frobnicate"][..],
+        &["get", "--salt", "x"],
+        &["run", "--port", "x"],
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+    }
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
 }
 
 #[test]

@@ -82,7 +82,10 @@ enum SidecarCommand {
 
 #[tokio::main]
 async fn main() {
-    let args = Args::parse();
+    let args = Args::try_parse().unwrap_or_else(|e| {
+        let _ = e.print();
+        std::process::exit(if e.use_stderr() { 1 } else { 0 })
+    });
     let log_format = args.log_format;
     if let Some(SidecarCommand::Completions { shell }) = args.command {
         clap_complete::generate(

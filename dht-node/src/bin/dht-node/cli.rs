@@ -11,7 +11,7 @@ use dht_node::Multiaddr;
 const MAIN_HELP: &str = "\
 Exit codes:
   0  success
-  1  error (bad input, configuration, I/O, a replica refused the item)
+  1  error (bad input or usage, configuration, I/O, a replica refused the item)
   2  unreachable: no peer answered (bootstrap down, every lookup failed, timed out)
   3  not found: peers answered and none holds the item (get)
   4  deleted: the newest item is a tombstone (get)

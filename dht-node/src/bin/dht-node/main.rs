@@ -46,7 +46,11 @@ impl std::error::Error for Exit {}
 
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
+    // A usage error exits 1 like every other bad input (clap's own 2 is "unreachable").
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        let _ = e.print();
+        std::process::exit(if e.use_stderr() { code::ERROR } else { 0 })
+    });
     let log_format = cli.log_format;
     if let Err(e) = dispatch(cli).await {
         // `run` sets up logging once its configuration is read; before that (or for
