@@ -345,9 +345,11 @@ impl NodeSettings {
     /// The item policy: value limit, TTL, authorized publishers (keys parsed; an
     /// off-curve or malformed key is refused with its salt).
     pub fn policy(&self) -> Result<Policy, Invalid> {
-        let mut policy = Policy::default();
-        policy.max_value_len = self.max_value_len;
-        policy.ttl = Duration::from_secs(self.ttl_secs);
+        let mut policy = Policy {
+            max_value_len: self.max_value_len,
+            ttl: Duration::from_secs(self.ttl_secs),
+            ..Policy::default()
+        };
         for (salt, keys) in &self.authorized_publishers {
             for k in keys {
                 let key = PublicKey::parse_strict(k).map_err(|e| {

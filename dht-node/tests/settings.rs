@@ -120,74 +120,73 @@ fn refusals_name_the_key_and_where_it_was_set() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("node.toml");
     let path = file.to_str().unwrap().to_string();
-    let cases: Vec<(&str, Vec<(&str, &str)>, Vec<&str>, Vec<String>)> = vec![
+    // (file text, environment, flags, what the error must say)
+    type Case<'a> = (String, Vec<(&'a str, &'a str)>, Vec<&'a str>, Vec<String>);
+    let cases: Vec<Case> = vec![
         (
-            "replication = 0\n",
+            "replication = 0\n".into(),
             vec![],
             vec![],
             vec!["replication = 0 is out of range".into(), path.clone()],
         ),
         (
-            "ttl_secs = 0\n",
+            "ttl_secs = 0\n".into(),
             vec![],
             vec![],
             vec!["ttl_secs = 0 is out of range".into()],
         ),
         (
-            "max_value_len = 0\n",
+            "max_value_len = 0\n".into(),
             vec![],
             vec![],
             vec!["max_value_len = 0 is out of range".into()],
         ),
         (
-            "max_store_bytes = 0\n",
+            "max_store_bytes = 0\n".into(),
             vec![],
             vec![],
             vec!["max_store_bytes = 0 is out of range".into()],
         ),
         (
-            "replicaton = 3\n",
+            "replicaton = 3\n".into(),
             vec![],
             vec![],
             vec!["unknown key `replicaton`".into(), path.clone()],
         ),
         (
-            "skywire_key = \"/k\"\n",
+            "skywire_key = \"/k\"\n".into(),
             vec![],
             vec![],
             vec!["renamed: now `identity_key`".into()],
         ),
         (
-            "port = \"high\"\n",
+            "port = \"high\"\n".into(),
             vec![],
             vec![],
             vec!["port".into(), "expected u16".into(), path.clone()],
         ),
         (
-            "",
+            String::new(),
             vec![("DHT_REPLICATION", "0")],
             vec![],
             vec!["replication = 0".into(), "DHT_REPLICATION".into()],
         ),
         (
-            "",
+            String::new(),
             vec![],
             vec!["--ttl-secs", "0"],
             vec!["ttl_secs = 0".into(), "command-line flags".into()],
         ),
         (
-            "announce = [\"not an address\"]\n",
+            "announce = [\"not an address\"]\n".into(),
             vec![],
             vec![],
             vec!["announce has an invalid address".into()],
         ),
         (
-            &*Box::leak(
-                format!(
-                    "[authorized_publishers]\ntp = [\"02{}\"]\n",
-                    "00".repeat(32)
-                )
-                .into_boxed_str(),
+            format!(
+                "[authorized_publishers]\ntp = [\"02{}\"]\n",
+                "00".repeat(32)
             ),
             vec![],
             vec![],
@@ -198,7 +197,7 @@ fn refusals_name_the_key_and_where_it_was_set() {
         ),
     ];
     for (text, env, flags, expect) in cases {
-        std::fs::write(&file, text).unwrap();
+        std::fs::write(&file, &text).unwrap();
         let mut args = vec!["--config", path.as_str()];
         args.extend(flags);
         let (code, _, err) = check(&args, &env);
