@@ -348,7 +348,7 @@ pub fn keys_help(keys: &[KeyDoc]) -> String {
     let mut out = String::new();
     for k in keys {
         let line = format!("  {} = {}", k.key, k.example);
-        if line.len() < 40 {
+        if line.len() < 39 {
             out.push_str(&format!("{line:<40}{}\n", k.doc));
         } else {
             out.push_str(&format!("{line}\n{:<40}{}\n", "", k.doc));
