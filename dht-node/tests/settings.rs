@@ -178,6 +178,12 @@ fn refusals_name_the_key_and_where_it_was_set() {
             vec!["ttl_secs = 0".into(), "command-line flags".into()],
         ),
         (
+            "identity_key = \"/nonexistent/secret.key\"\n".into(),
+            vec![],
+            vec![],
+            vec!["identity_key".into(), "/nonexistent/secret.key".into()],
+        ),
+        (
             "announce = [\"not an address\"]\n".into(),
             vec![],
             vec![],

@@ -380,6 +380,11 @@ fn file_environment_and_flags_are_layered_in_that_order() {
             && err.contains("DHT_GATEWAY__READ_TIMEOUT_SECS"),
         "{err}"
     );
+    // --check reads the key files too.
+    std::fs::write(&config, "[mirror_keys]\ntp = \"/nonexistent/tp.key\"\n").unwrap();
+    let (code, _, err) = check(&["--config", file], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("mirror_keys.tp: /nonexistent/tp.key"), "{err}");
     // An off-curve key is refused as a publisher.
     std::fs::write(
         &config,

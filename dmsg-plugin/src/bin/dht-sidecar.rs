@@ -129,10 +129,7 @@ async fn run(args: Args) -> Result<()> {
     for w in &loaded.warnings {
         status!("warning: {w}");
     }
-    if args.check {
-        print!("{}", settings::to_toml(&settings));
-        return Ok(());
-    }
+    // Key files are read before --check answers, so that it checks them too.
     let config = settings.plugin_config()?;
     let identity = match &settings.node.identity_key {
         Some(p) => Some(dht_node::keypair_from_skywire_secret(
@@ -140,6 +137,10 @@ async fn run(args: Args) -> Result<()> {
         )?),
         None => None,
     };
+    if args.check {
+        print!("{}", settings::to_toml(&settings));
+        return Ok(());
+    }
     let announce = config.node.external_addresses.clone();
     let plugin = DhtPlugin::start(identity, config).await?;
     let http = settings.gateway.listen;

@@ -40,6 +40,20 @@ pub async fn run(args: RunArgs, log_format: Option<LogFormat>) -> Result<()> {
     for w in &loaded.warnings {
         status!("warning: {w}");
     }
+    // The identity key is read before --check answers, so that it checks it too.
+    let identity = match &settings.identity_key {
+        Some(path) => {
+            let key = read_key(path).context("identity_key")?;
+            if key.scheme() != Scheme::Secp256k1 {
+                bail!(
+                    "identity_key {}: a Skywire key is secp256k1",
+                    path.display()
+                );
+            }
+            Some(dht_node::keypair_from_skywire_secret(&key.to_bytes())?)
+        }
+        None => None,
+    };
     if args.check {
         print!("{}", settings::to_toml(&settings));
         return Ok(());
@@ -50,15 +64,8 @@ pub async fn run(args: RunArgs, log_format: Option<LogFormat>) -> Result<()> {
     let bootstrap_given = !config.bootstrap.is_empty();
     let announce = config.external_addresses.clone();
     let mut builder = Node::builder().config(config);
-    if let Some(path) = &settings.identity_key {
-        let key = read_key(path).context("identity_key")?;
-        if key.scheme() != Scheme::Secp256k1 {
-            bail!(
-                "identity_key {}: a Skywire key is secp256k1",
-                path.display()
-            );
-        }
-        builder = builder.keypair(dht_node::keypair_from_skywire_secret(&key.to_bytes())?);
+    if let Some(keypair) = identity {
+        builder = builder.keypair(keypair);
     }
     let node = builder.build().await?;
     let mut events = node.subscribe();
