@@ -156,9 +156,43 @@ fn stores(c: &mut Criterion) {
     g.finish();
 }
 
+/// The value codec on a hub's transport list (552 entries, ~127 KB) and the same list
+/// with one more transport: compress, make the patch, apply it (decompress for scale).
+fn codec(c: &mut Criterion) {
+    use dht_core::codec::{apply_patch, compress, decompress, make_patch};
+    use dmsg_plugin::formats::{encode_transport_list, TransportEntry};
+
+    let hub = SigningKey::generate_secp256k1().public_key().to_hex();
+    let types = ["dmsg", "stcpr", "sudph"];
+    let mut entries: Vec<TransportEntry> = (0..553)
+        .map(|i| {
+            let other = SigningKey::generate_secp256k1().public_key().to_hex();
+            TransportEntry::new(&hub, &other, types[i % 3], "automatic")
+        })
+        .collect();
+    let new = encode_transport_list(&entries);
+    entries.pop();
+    let old = encode_transport_list(&entries);
+    let frame = compress(&new);
+    let patch = make_patch(&old, &new);
+    let limit = dht_core::validation::DEFAULT_MAX_VALUE_LEN;
+
+    let mut g = c.benchmark_group("codec_hub_list_append_one");
+    g.throughput(Throughput::Bytes(new.len() as u64));
+    g.bench_function("compress", |b| b.iter(|| compress(&new)));
+    g.bench_function("decompress", |b| {
+        b.iter(|| decompress(&frame, limit).unwrap())
+    });
+    g.bench_function("make_patch", |b| b.iter(|| make_patch(&old, &new)));
+    g.bench_function("apply_patch", |b| {
+        b.iter(|| apply_patch(&old, &patch, limit).unwrap())
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
-    targets = verify, stores
+    targets = verify, stores, codec
 }
 criterion_main!(benches);

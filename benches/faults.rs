@@ -83,7 +83,8 @@ impl Drop for Hog {
     }
 }
 
-fn load_average() -> f64 {
+/// The 1-minute load average (0 when unreadable).
+pub fn load_average() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
@@ -256,9 +257,9 @@ fn holders(nodes: &[&Node], item: &MutableItem) -> usize {
 
 /// The nodes responsible for `target` among `nodes` (the `k` closest).
 fn responsible<'a>(nodes: &[&'a Node], target: &Target, k: usize) -> Vec<&'a Node> {
-    let key = dht_node::routing::target_key(target);
+    let key = dht_node::target_key(target);
     let ids: Vec<_> = nodes.iter().map(|n| n.peer_id()).collect();
-    let closest = dht_node::routing::closest_of(&key, ids.into_iter(), k);
+    let closest = dht_node::closest_of(&key, ids.into_iter(), k);
     nodes
         .iter()
         .filter(|n| closest.contains(&n.peer_id()))

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use bytes::Bytes;
 use dht_core::{MutableItem, PutOptions, Signature, SigningKey, Target};
-use dht_node::protocol::{request_proto, GetRequestProto, RequestProto};
+use dht_node::test_util::{request_proto, GetRequestProto, RequestProto};
 use dht_node::{Node, NodeConfig, NodeMode, PeerId};
 use futures::StreamExt;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -201,10 +201,18 @@ async fn send_one(hostile: &Node, to: PeerId, kind: Kind, n: u64) {
 }
 
 /// Runs every flood for `secs` seconds each, `in_flight` messages at a time.
-pub async fn run(bin: &Path, secs: u64, in_flight: usize) -> anyhow::Result<Vec<FloodFigures>> {
+/// With `busy`, a spinning thread per core runs during each flood (a shared machine);
+/// both the flooded and the control node see the same load.
+pub async fn run(bin: &Path, secs: u64, in_flight: usize, busy: bool) -> anyhow::Result<FloodRun> {
+    let load_at_start = crate::faults::load_average();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut out = Vec::new();
     for kind in Kind::ALL {
-        eprintln!("== flood: {}", kind.name());
+        eprintln!(
+            "== flood ({}): {}",
+            if busy { "busy" } else { "idle" },
+            kind.name()
+        );
         // Fresh processes per kind, so one flood's after-effects do not colour the next.
         let flooded = start_node(bin).await?;
         let control = start_node(bin).await?;
@@ -223,6 +231,7 @@ pub async fn run(bin: &Path, secs: u64, in_flight: usize) -> anyhow::Result<Vec<
         tokio::time::sleep(Duration::from_millis(500)).await;
         let idle_rss = rss_mb(pid);
 
+        let hog = busy.then(|| crate::faults::Hog::start(cores));
         let stop = Instant::now() + Duration::from_secs(secs);
         let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let flood = {
@@ -267,6 +276,7 @@ pub async fn run(bin: &Path, secs: u64, in_flight: usize) -> anyhow::Result<Vec<
         }
         let _ = flood.await;
         let peak = sampler.await.unwrap_or(0.0);
+        drop(hog);
         let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
         tokio::time::sleep(Duration::from_secs(2)).await;
         let after = rss_mb(pid);
@@ -293,19 +303,53 @@ pub async fn run(bin: &Path, secs: u64, in_flight: usize) -> anyhow::Result<Vec<
         honest.shutdown().await;
         hostile.shutdown().await;
     }
-    Ok(out)
+    let condition = if busy {
+        format!("busy: {cores} spinning threads, one per core, during each flood")
+    } else {
+        "idle: nothing else started".to_string()
+    };
+    Ok(FloodRun {
+        rows: out,
+        condition,
+        load_at_start,
+    })
+}
+
+/// One pass over every kind of flood, under one machine condition.
+#[derive(Debug, Clone)]
+pub struct FloodRun {
+    /// One row per kind.
+    pub rows: Vec<FloodFigures>,
+    /// What else ran: idle, or the load added.
+    pub condition: String,
+    /// 1-minute load average when the pass started.
+    pub load_at_start: f64,
 }
 
 /// The "Hostile peers" section.
-pub fn markdown(rows: &[FloodFigures], secs: u64, in_flight: usize) -> String {
+pub fn markdown(runs: &[FloodRun], secs: u64, in_flight: usize) -> String {
     let mut md = format!(
         "### Hostile peers\n\n\
          One hostile peer floods a standalone `dht-node run` process ({secs} s per kind, \
          {in_flight} messages in flight) while an honest client reads an item from it and, \
          in the same moments, from an unflooded control node (another `dht-node run`). \
-         Latencies in ms; ratio = flooded / control.\n\n\
-         | flood | sent/s | honest get p50 flooded / control | p99 flooded / control | p99 ratio | rate-limited | RSS idle / peak / 2 s after (MB) |\n\
-         |---|---|---|---|---|---|---|\n"
+         Latencies in ms; ratio = flooded / control.\n"
+    );
+    for run in runs {
+        md.push_str(&format!(
+            "\n#### {} (load average {:.2} at start)\n\n",
+            run.condition, run.load_at_start
+        ));
+        md.push_str(&table(&run.rows));
+    }
+    md.push_str("\nGoals (issue): p99 ratio <= 2x for every kind; peak RSS <= 150 MB.\n");
+    md
+}
+
+fn table(rows: &[FloodFigures]) -> String {
+    let mut md = String::from(
+        "| flood | sent/s | honest get p50 flooded / control | p99 flooded / control | p99 ratio | rate-limited | RSS idle / peak / 2 s after (MB) |\n\
+         |---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let ratio = if r.control.p99 > 0.0 {
@@ -337,6 +381,5 @@ pub fn markdown(rows: &[FloodFigures], secs: u64, in_flight: usize) -> String {
             ));
         }
     }
-    md.push_str("\nGoals (issue): p99 ratio <= 2x for every kind; peak RSS <= 150 MB.\n");
     md
 }

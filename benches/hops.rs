@@ -16,7 +16,7 @@
 use std::collections::{HashMap, HashSet};
 
 use dht_core::Target;
-use dht_node::routing::{closest_of, target_key};
+use dht_node::{closest_of, target_key};
 use dht_node::{PeerId, Testnet};
 use rand::Rng;
 

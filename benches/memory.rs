@@ -173,7 +173,7 @@ pub async fn catch_up(nodes: usize, missed: usize) -> anyhow::Result<CatchUpFigu
     let mine: Vec<_> = targets
         .iter()
         .filter(|t| {
-            dht_node::routing::closest_of(&dht_node::routing::target_key(t), all.iter().copied(), k)
+            dht_node::closest_of(&dht_node::target_key(t), all.iter().copied(), k)
                 .contains(&down_id)
         })
         .copied()

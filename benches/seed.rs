@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use dht_core::{Policy, PublicKey, SigningKey};
 use dht_node::{GetMode, NodeConfig, Testnet};
+use dmsg_plugin::fakes::MemoryTransportStore;
 use dmsg_plugin::formats::{encode_transport_list, TransportEntry};
-use dmsg_plugin::memory::MemoryTransportStore;
 use dmsg_plugin::{Mirror, TransportMirror};
 use futures::StreamExt;
 use sha2::Digest;

@@ -4,7 +4,11 @@
 //! ```sh
 //! cargo run --release -p dht-benches --bin dht-bench                # full suite
 //! cargo run --release -p dht-benches --bin dht-bench -- --quick     # smoke test (CI)
+//! sudo target/release/dht-bench --only-wan --wan-rtt-ms 50           # over an emulated WAN
 //! ```
+//!
+//! `--only-wan` (module `wan`) runs the side-by-side in a network namespace of its own
+//! whose loopback delays every packet by half the RTT, and states latencies in RTTs.
 //!
 //! For each network size: time to form the network, resident memory per node, put
 //! latency until the replicas confirmed, get latency for the first valid answer and for
@@ -21,6 +25,7 @@ mod hops;
 mod memory;
 mod scale;
 mod seed;
+mod wan;
 
 use dht_core::{MutableItem, SigningKey, Target};
 use dht_node::{GetMode, NodeConfig, Testnet};
@@ -84,6 +89,27 @@ struct Args {
     /// Run only the hostile-peer section (rewrites only its block of the report).
     #[arg(long)]
     only_flood: bool,
+    /// Also run the testnets side by side with mainline over an emulated WAN link of this
+    /// round-trip time (a network namespace with NFQUEUE; needs root and iptables-legacy),
+    /// in a process of its own after the other sections.
+    #[arg(long)]
+    wan_rtt_ms: Option<f64>,
+    /// Jitter of the emulated link: each packet's one-way delay varies by up to +/- this.
+    #[arg(long, default_value_t = 0.0)]
+    wan_jitter_ms: f64,
+    /// Loss of the emulated link, percent of packets in each direction.
+    #[arg(long, default_value_t = 0.0)]
+    wan_loss_pct: f64,
+    /// Network sizes over the emulated link.
+    #[arg(long, value_delimiter = ',', default_value = "50,100")]
+    wan_sizes: Vec<usize>,
+    /// Operations per figure over the emulated link.
+    #[arg(long, default_value_t = 100)]
+    wan_ops: usize,
+    /// Run only the emulated-WAN section (RTT from --wan-rtt-ms, default 50; rewrites only
+    /// its block of the report).
+    #[arg(long)]
+    only_wan: bool,
     /// The `dht-sidecar` binary (default: beside this one).
     #[arg(long)]
     dht_sidecar: Option<std::path::PathBuf>,
@@ -199,7 +225,7 @@ fn requests_sent(net: &Testnet) -> u64 {
                 .map(|kind| {
                     n.metrics()
                         .outbound_requests
-                        .get_or_create(&dht_node::metrics::RequestLabels {
+                        .get_or_create(&dht_node::RequestLabels {
                             kind: (*kind).into(),
                         })
                         .get()
@@ -411,9 +437,51 @@ fn ratio(ours: f64, theirs: f64) -> String {
     }
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
-    let mut args = Args::parse();
+const WAN_START: &str = "<!-- dht-bench:wan:start -->";
+const WAN_END: &str = "<!-- dht-bench:wan:end -->";
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    // The WAN section moves the process into a network namespace of its own: that must
+    // happen before any thread (the runtime's) starts.
+    let emulation = if args.only_wan {
+        Some(wan::enter(wan::Link {
+            rtt_ms: args.wan_rtt_ms.unwrap_or(50.0),
+            jitter_ms: args.wan_jitter_ms,
+            loss_pct: args.wan_loss_pct,
+        })?)
+    } else {
+        None
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let res = rt.block_on(async {
+        match &emulation {
+            Some(emu) => {
+                let md = wan::run(
+                    emu,
+                    &args.wan_sizes,
+                    args.wan_ops,
+                    args.value_len,
+                    args.no_mainline,
+                )
+                .await?;
+                write_report(&args.out, &md, WAN_START, WAN_END)?;
+                println!("{md}");
+                Ok(())
+            }
+            None => run(args).await,
+        }
+    });
+    // Stop the testnets' tasks before the delayer lets the last packets through.
+    drop(rt);
+    drop(emulation);
+    res
+}
+
+async fn run(mut args: Args) -> anyhow::Result<()> {
     if args.quick {
         args.sizes = vec![10];
         args.ops = 20;
@@ -436,10 +504,13 @@ async fn main() -> anyhow::Result<()> {
     });
     if args.flood_secs > 0 && !args.only_faults {
         let secs = if args.quick { 2 } else { args.flood_secs };
-        let rows = flood::run(&bin, secs, args.flood_in_flight).await?;
+        let mut runs = vec![flood::run(&bin, secs, args.flood_in_flight, false).await?];
+        if !args.quick {
+            runs.push(flood::run(&bin, secs, args.flood_in_flight, true).await?);
+        }
         let md = format!(
-            "Machine: {cores} cores.\n{}",
-            flood::markdown(&rows, secs, args.flood_in_flight)
+            "Machine: {cores} cores, {mem_total}.\n{}",
+            flood::markdown(&runs, secs, args.flood_in_flight)
         );
         write_report(&args.out, &md, FLOOD_START, FLOOD_END)?;
         println!("{md}");
@@ -726,5 +797,32 @@ async fn main() -> anyhow::Result<()> {
     }
     write_report(&args.out, &md, START, END)?;
     println!("{md}");
+    if let Some(rtt) = args.wan_rtt_ms {
+        run_wan_process(&args, rtt)?;
+    }
+    Ok(())
+}
+
+/// Runs the WAN section in a process of its own (it moves into a network namespace).
+fn run_wan_process(args: &Args, rtt: f64) -> anyhow::Result<()> {
+    if let Some(why) = wan::unavailable() {
+        eprintln!("== wan: skipped: {why}");
+        return Ok(());
+    }
+    let sizes: Vec<String> = args.wan_sizes.iter().map(|s| s.to_string()).collect();
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.arg("--only-wan")
+        .arg(format!("--wan-rtt-ms={rtt}"))
+        .arg(format!("--wan-jitter-ms={}", args.wan_jitter_ms))
+        .arg(format!("--wan-loss-pct={}", args.wan_loss_pct))
+        .arg(format!("--wan-sizes={}", sizes.join(",")))
+        .arg(format!("--wan-ops={}", args.wan_ops))
+        .arg(format!("--value-len={}", args.value_len))
+        .arg(format!("--out={}", args.out));
+    if args.no_mainline {
+        cmd.arg("--no-mainline");
+    }
+    let status = cmd.status()?;
+    anyhow::ensure!(status.success(), "the WAN section failed: {status}");
     Ok(())
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use dht_core::{Policy, SigningKey};
 use dht_node::{NodeConfig, Testnet};
+use dmsg_plugin::fakes::MemoryTransportStore;
 use dmsg_plugin::formats::TransportEntry;
-use dmsg_plugin::memory::MemoryTransportStore;
 use dmsg_plugin::{DhtPlugin, PluginConfig, TransportMirror};
 
 #[tokio::main]

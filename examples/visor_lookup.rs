@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use dht_core::{Policy, SigningKey};
 use dht_node::{Node, NodeConfig, NodeMode, Testnet};
+use dmsg_plugin::fakes::{transport_discovery_router, MemoryTransportStore};
 use dmsg_plugin::formats::TransportEntry;
-use dmsg_plugin::memory::{transport_discovery_router, MemoryTransportStore};
 use dmsg_plugin::{Mirror, TransportMirror, VisorClient, VisorClientConfig};
 
 #[tokio::main]

@@ -231,7 +231,7 @@ pub enum DecodeError {
     #[error("invalid field: {0}")]
     Field(String),
     /// An item without a signed expiry: signed under the v1 rules (expiry not covered
-    /// by the signature), which are no longer accepted.
+    /// by the signature), which are refused.
     #[error(
         "item has no signed expiry (expires_at_ms is 0 or absent): a v1 item, no longer accepted"
     )]
@@ -246,6 +246,65 @@ impl From<DecodeError> for Rejection {
                 size,
                 limit,
             },
+            other => Rejection::Malformed(other.to_string()),
+        }
+    }
+}
+
+/// A failure to decode a compressed value or a patch (see [`crate::codec`]).
+///
+/// Every variant is a refusal of untrusted bytes: none of them can be caused by a value
+/// that [`crate::codec`] itself encoded with the same base.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    /// The frame header declares a decoded size over the limit (a decompression bomb),
+    /// or a plain value is over it: refused before anything was decoded or allocated.
+    #[error("compressed value declares {declared} bytes, limit {limit}")]
+    DeclaredTooLarge {
+        /// The size the frame header declares.
+        declared: u64,
+        /// The limit.
+        limit: usize,
+    },
+    /// Decoding would produce more than the limit (the header gave no size): decoding
+    /// stopped at the limit and everything was dropped.
+    #[error("compressed value expands past the limit of {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// A frame without a declared size asks for a decoding window larger than the limit
+    /// needs (zstd keeps that much history while decoding): refused before decoding.
+    #[error("compressed value needs a decoding window over what the limit of {limit} bytes needs")]
+    WindowTooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// The bytes are not one standard zstd frame (wrong magic, a skippable or legacy
+    /// frame, or bytes after the frame).
+    #[error("not a zstd frame: {0}")]
+    NotZstd(&'static str),
+    /// A zstd frame that does not decode: truncated, corrupt, failing its checksum, or a
+    /// patch applied to another base than the one it was made from.
+    #[error("corrupt zstd frame: {0}")]
+    Corrupt(&'static str),
+}
+
+impl From<CodecError> for Rejection {
+    fn from(e: CodecError) -> Self {
+        match e {
+            CodecError::DeclaredTooLarge { declared, limit } => Rejection::TooLarge {
+                what: "decoded value",
+                size: usize::try_from(declared).unwrap_or(usize::MAX),
+                limit,
+            },
+            CodecError::TooLarge { limit } | CodecError::WindowTooLarge { limit } => {
+                Rejection::TooLarge {
+                    what: "decoded value",
+                    size: limit.saturating_add(1),
+                    limit,
+                }
+            }
             other => Rejection::Malformed(other.to_string()),
         }
     }

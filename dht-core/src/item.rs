@@ -24,7 +24,7 @@ pub const SALT_DMSG: &[u8] = b"dmsg";
 /// be confused with signatures the same key makes for anything else.
 ///
 /// Version 2 binds the publisher's expiry (see [`signing_payload`]). Items signed under
-/// v1 (`skywire-dht/mutable-item/v1\0`, no signed expiry) are no longer accepted: their
+/// v1 (`skywire-dht/mutable-item/v1\0`, no signed expiry) are refused: their
 /// signatures do not verify, and their encodings lack the expiry field.
 pub const SIGNING_DOMAIN: &[u8] = b"skywire-dht/mutable-item/v2\0";
 

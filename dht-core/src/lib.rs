@@ -3,8 +3,8 @@
 //! The data model of the Skywire DHT: the salted [`MutableItem`] (a signed, versioned
 //! value stored at `target = SHA256(subject || salt)`, with a signed expiry), the
 //! [rules](validation) every path applies to it (one total order, [`precedence`]), its
-//! [wire](wire) and [JSON](json) encodings, and the [record stores](store) (in memory,
-//! and on disk with redb).
+//! [wire] and [JSON](json) encodings, the [value codec](codec) (zstd compression
+//! and delta patches), and the [record stores](store) (in memory, and on disk with redb).
 //!
 //! ```
 //! use dht_core::{MutableItem, SigningKey, Validator, store::{MemoryStore, RecordStore}};
@@ -17,6 +17,9 @@
 //! assert!(store.get(&verified.target()).unwrap().is_some());
 //! ```
 
+#![deny(missing_docs)]
+
+pub mod codec;
 pub mod error;
 pub mod item;
 pub mod json;
@@ -25,7 +28,7 @@ pub mod store;
 pub mod validation;
 pub mod wire;
 
-pub use error::{DecodeError, KeyError, ReasonCode, Rejection, StoreError};
+pub use error::{CodecError, DecodeError, KeyError, ReasonCode, Rejection, StoreError};
 pub use item::{
     ItemBody, MutableItem, Target, MAX_SALT_LEN, SALT_DMSG, SALT_SERVICES, SALT_TRANSPORTS,
 };

@@ -40,7 +40,8 @@ impl ConnectionBudget {
     }
 
     /// Connected peers tracked.
-    pub fn connected(&self) -> usize {
+    #[cfg(test)]
+    fn connected(&self) -> usize {
         self.peers.len()
     }
 

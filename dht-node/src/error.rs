@@ -1,5 +1,7 @@
 //! Errors of the node.
 
+use std::path::PathBuf;
+
 use dht_core::{Rejection, StoreError};
 
 /// A failure of a node operation.
@@ -32,12 +34,12 @@ pub enum NodeError {
         /// The store file.
         path: std::path::PathBuf,
     },
-    /// A request to a peer failed.
+    /// A request to a peer failed (dial, timeout, stream, unsupported protocol).
     #[error("request failed: {0}")]
-    Request(String),
-    /// A peer answered with something unexpected.
+    Request(#[from] libp2p::request_response::OutboundFailure),
+    /// A peer answered with something the protocol does not allow.
     #[error("bad response: {0}")]
-    BadResponse(String),
+    BadResponse(&'static str),
     /// No answer in time.
     #[error("timed out")]
     Timeout,
@@ -49,10 +51,27 @@ pub enum NodeError {
     Io(#[from] std::io::Error),
     /// A background task of the node failed (panicked or was cancelled).
     #[error("task failed: {0}")]
-    Task(String),
-    /// Invalid configuration or identity.
+    Task(#[from] tokio::task::JoinError),
+    /// The node key file in the data directory is unusable.
+    #[error("config: {}: {problem}", path.display())]
+    KeyFile {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        problem: &'static str,
+    },
+    /// A key could not be decoded or encoded.
+    #[error("config: {what}: {source}")]
+    Key {
+        /// Which key.
+        what: &'static str,
+        /// The cause.
+        source: libp2p::identity::DecodingError,
+    },
+    /// A request the configuration does not allow (e.g. restarting a node of an
+    /// in-memory testnet).
     #[error("config: {0}")]
-    Config(String),
+    Config(&'static str),
 }
 
 impl NodeError {
@@ -62,9 +81,13 @@ impl NodeError {
         e: libp2p::TransportError<std::io::Error>,
     ) -> Self {
         match e {
-            libp2p::TransportError::MultiaddrNotSupported(a) => {
-                NodeError::Config(format!("listen address {a} is not supported"))
-            }
+            libp2p::TransportError::MultiaddrNotSupported(a) => NodeError::Listen {
+                addr: a,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    "no transport of this node takes this address",
+                ),
+            },
             libp2p::TransportError::Other(source) => NodeError::Listen {
                 addr: addr.clone(),
                 source,

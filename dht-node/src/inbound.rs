@@ -2,33 +2,41 @@
 //! the dht-core rules before the store sees it; the answer says exactly what happened
 //! to each item, with the stable reason code when it was rejected.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use dht_core::store::RecordStore;
-use dht_core::wire::DecodeLimits;
-use dht_core::{Admission, Rejection, Validator};
+use dht_core::wire::{DecodeLimits, Envelope};
+use dht_core::{Admission, ReasonCode, Rejection, Target, Validator, VerifiedItem};
 use libp2p::PeerId;
 use tracing::{debug, instrument};
 
+use crate::admission::StrangerAdmission;
 use crate::events::NodeEvent;
-use crate::network::Shared;
+use crate::metrics::RequestLabels;
 use crate::protocol::{
-    accepted, envelope, error_response, parse_put_item, parse_target, rejected, request_kind,
-    request_proto, response_proto, GetResponseProto, PutRequestProto, PutResponseProto,
-    PutResultProto, RequestProto, ResponseProto, SyncRequestProto, SyncResponseProto,
+    encoded_size, Decoded, ItemRequest, PutItem, PutResult, Refusal, Request, Response, SyncPage,
+    SyncRequest,
 };
+use crate::state::NodeState;
 
 /// Most items in one sync page.
-pub const MAX_SYNC_PAGE: usize = 1024;
+pub(crate) const MAX_SYNC_PAGE: usize = 1024;
+
+/// Room kept free in a sync page for the response's own framing: at least one item
+/// always fits (a full value plus overhead).
+const SYNC_PAGE_MARGIN: usize = 16 * 1024;
 
 /// The inbound request handler of a full node.
-pub struct Inbound {
+pub(crate) struct Inbound {
     /// The local store.
     pub store: Arc<dyn RecordStore>,
     /// The rules.
     pub validator: Validator,
+    /// Items are decoded with these.
+    pub limits: DecodeLimits,
     /// Routing view, events and metrics.
-    pub shared: Arc<Shared>,
+    pub state: Arc<NodeState>,
     /// This node.
     pub local: PeerId,
     /// Replicas per item.
@@ -38,64 +46,54 @@ pub struct Inbound {
     /// The store's epoch, sent with sync pages.
     pub epoch: u64,
     /// Budgets of new items from peers outside the routing table.
-    pub(crate) strangers: crate::admission::StrangerAdmission,
+    pub strangers: StrangerAdmission,
 }
 
 impl Inbound {
-    fn limits(&self) -> DecodeLimits {
-        DecodeLimits {
-            max_value_len: self.validator.policy().max_value_len,
-        }
-    }
-
     /// Answers one request.
     #[instrument(skip_all, fields(%peer))]
     pub async fn handle(
         self: Arc<Self>,
         peer: PeerId,
-        ip: Option<std::net::IpAddr>,
-        request: RequestProto,
-    ) -> ResponseProto {
-        use request_proto::Kind;
-        let kind = request_kind(&request);
-        self.shared
+        ip: Option<IpAddr>,
+        request: ItemRequest,
+    ) -> Response {
+        let kind = request.kind();
+        self.state
             .metrics
             .inbound_requests
-            .get_or_create(&crate::metrics::RequestLabels { kind: kind.into() })
+            .get_or_create(&RequestLabels { kind: kind.into() })
             .inc();
         let this = self.clone();
-        // Signature checks and the store are blocking work: keep them off the reactor.
-        let result = tokio::task::spawn_blocking(move || match request.kind {
-            Some(Kind::Put(p)) => this.put(peer, ip, p),
+        // Decoding, signature checks and the store are blocking work: keep them off the
+        // reactor.
+        let result = tokio::task::spawn_blocking(move || {
             // A node catching up may hold copies replaced or deleted while it was away:
             // it refuses, and the reader asks the other replicas.
-            Some(Kind::Get(_)) if !this.shared.caught_up() => {
-                error_response("catching_up", "catch-up sync in progress")
+            if kind == "get" && !this.state.caught_up() {
+                return Response::refused(Refusal::CATCHING_UP, "catch-up sync in progress");
             }
-            Some(Kind::Get(g)) => this.get(&g.target),
-            Some(Kind::Sync(s)) => this.sync(peer, s),
-            None => error_response("malformed", "empty request"),
+            match Request::decode(request, &this.limits) {
+                Ok(Request::Put(items)) => this.put(peer, ip, items),
+                Ok(Request::Get(target)) => this.get(&target),
+                Ok(Request::Sync(s)) => this.sync(peer, s),
+                Err(refusal) => Response::Refused(refusal),
+            }
         })
         .await;
-        result.unwrap_or_else(|e| error_response("internal", e.to_string()))
+        result.unwrap_or_else(|e| Response::refused(Refusal::INTERNAL, e.to_string()))
     }
 
-    fn put(
-        &self,
-        peer: PeerId,
-        ip: Option<std::net::IpAddr>,
-        req: PutRequestProto,
-    ) -> ResponseProto {
-        let limits = self.limits();
+    fn put(&self, peer: PeerId, ip: Option<IpAddr>, items: Vec<Decoded<PutItem>>) -> Response {
         // Full nodes of the routing table hand items over in bulk; anyone else creating
         // new targets under non-authorized keys is budgeted.
-        let stranger = self.shared.view.addresses(&peer).is_empty();
-        let mut results: Vec<Option<PutResultProto>> = Vec::with_capacity(req.items.len());
+        let stranger = self.state.view.addresses(&peer).is_empty();
+        let mut results: Vec<Option<PutResult>> = Vec::with_capacity(items.len());
         let mut batch = Vec::new();
         let mut slots = Vec::new();
-        for p in req.items {
-            let checked = parse_put_item(p, &limits)
-                .and_then(|(item, opts)| self.validator.validate(item).map(|v| (v, opts)))
+        for p in items {
+            let checked = p
+                .and_then(|p| self.validator.validate(p.item).map(|v| (v, p.opts)))
                 .and_then(|(v, opts)| {
                     if stranger {
                         self.admit_stranger(peer, ip, &v)?;
@@ -110,8 +108,11 @@ impl Inbound {
                 }
                 Err(r) => {
                     debug!(%peer, code = %r.code(), "put rejected: {r}");
-                    self.shared.metrics.count_put(b"", Err(r.code()));
-                    results.push(Some(rejected(r.code(), r.to_string())));
+                    self.state.metrics.count_put(b"", Err(r.code()));
+                    results.push(Some(PutResult::Rejected {
+                        code: r.code(),
+                        detail: r.to_string(),
+                    }));
                 }
             }
         }
@@ -136,32 +137,27 @@ impl Inbound {
             }
             Err(e) => {
                 tracing::error!(error = %e, "store failed");
-                return error_response("internal", e.to_string());
+                return Response::refused(Refusal::INTERNAL, e.to_string());
             }
         }
-        ResponseProto {
-            kind: Some(response_proto::Kind::Put(PutResponseProto {
-                results: results.into_iter().flatten().collect(),
-            })),
-        }
+        Response::Put(results.into_iter().flatten().collect())
     }
 
     /// The stranger budgets (see [`crate::admission`]): a new item under a key that is
     /// not an authorized publisher, from a peer outside the routing table, spends them.
-    pub(crate) fn admit_stranger(
+    pub fn admit_stranger(
         &self,
         peer: PeerId,
-        ip: Option<std::net::IpAddr>,
-        v: &dht_core::VerifiedItem,
+        ip: Option<IpAddr>,
+        v: &VerifiedItem,
     ) -> Result<(), Rejection> {
         if v.by_authorized_publisher() || !self.is_new(&v.target()) {
             return Ok(());
         }
-        let bytes = crate::maintenance::encoded_size(v.item());
-        if self.strangers.admit(peer, ip, bytes) {
+        if self.strangers.admit(peer, ip, encoded_size(v.item())) {
             Ok(())
         } else {
-            self.shared.metrics.strangers_throttled.inc();
+            self.state.metrics.strangers_throttled.inc();
             Err(Rejection::QuotaExceeded(
                 "new-item budget for peers outside the routing table is spent".into(),
             ))
@@ -169,98 +165,195 @@ impl Inbound {
     }
 
     /// Whether nothing live is stored at `target` (a put there creates a new item).
-    fn is_new(&self, target: &dht_core::Target) -> bool {
+    fn is_new(&self, target: &Target) -> bool {
         !matches!(self.store.get(target), Ok(Some(_)))
     }
 
     fn put_result(
         &self,
         outcome: Result<Admission, Rejection>,
-        target: dht_core::Target,
+        target: Target,
         seq: u64,
         tombstone: bool,
         salt: &[u8],
-    ) -> PutResultProto {
-        self.shared
+    ) -> PutResult {
+        self.state
             .metrics
             .count_put(salt, outcome.as_ref().map(|a| *a).map_err(|r| r.code()));
         match outcome {
             Ok(a) => {
                 if matches!(a, Admission::Supersede { .. }) {
-                    self.shared.metrics.equivocations.inc();
+                    self.state.metrics.equivocations.inc();
                 }
-                let _ = self.shared.events.send(NodeEvent::ItemStored {
+                self.state.emit(NodeEvent::ItemStored {
                     target,
                     seq,
                     tombstone,
                 });
-                accepted(a)
+                PutResult::Stored(a)
             }
             Err(r) => {
-                if r.code() == dht_core::ReasonCode::Equivocation {
-                    self.shared.metrics.equivocations.inc();
+                if r.code() == ReasonCode::Equivocation {
+                    self.state.metrics.equivocations.inc();
                 }
-                rejected(r.code(), r.to_string())
+                PutResult::Rejected {
+                    code: r.code(),
+                    detail: r.to_string(),
+                }
             }
         }
     }
 
-    fn get(&self, target: &[u8]) -> ResponseProto {
-        let Some(target) = parse_target(target) else {
-            return error_response("malformed", "target must be 32 bytes");
-        };
-        match self.store.get(&target) {
-            Ok(found) => ResponseProto {
-                kind: Some(response_proto::Kind::Get(GetResponseProto {
-                    envelope: found.map(|s| envelope(&s.item, s.expires_at_ms)),
-                })),
-            },
-            Err(e) => error_response("internal", e.to_string()),
+    fn get(&self, target: &Target) -> Response {
+        match self.store.get(target) {
+            Ok(Some(s)) => Response::held(s.item, s.expires_at_ms),
+            Ok(None) => Response::Get(None),
+            Err(e) => Response::refused(Refusal::INTERNAL, e.to_string()),
         }
     }
 
     /// Items changed after the cursor that `peer` is responsible for, in change order,
     /// bounded by count and bytes.
-    fn sync(&self, peer: PeerId, req: SyncRequestProto) -> ResponseProto {
-        let limit = (req.limit as usize).clamp(1, MAX_SYNC_PAGE);
-        // One frame: at least one item always fits (a full value plus overhead).
-        let budget = self.max_message_len.saturating_sub(16 * 1024);
-        let mut items = Vec::new();
-        let mut bytes = 0usize;
-        let mut next = req.since;
-        let mut done = true;
-        for change in dht_core::store::changed_since(&*self.store, req.since) {
-            let change = match change {
-                Ok(c) => c,
-                Err(e) => return error_response("internal", e.to_string()),
-            };
-            let item = &change.stored.item;
-            if !req.salt.is_empty() && item.salt != req.salt {
-                next = change.change_seq;
-                continue;
-            }
-            let responsible =
-                self.shared
+    fn sync(&self, peer: PeerId, req: SyncRequest) -> Response {
+        let page = sync_page(
+            dht_core::store::changed_since(&*self.store, req.since),
+            &req,
+            self.max_message_len.saturating_sub(SYNC_PAGE_MARGIN),
+            |target| {
+                self.state
                     .view
-                    .responsible(&item.target(), self.replication, self.local, &[peer]);
-            if responsible.contains(&peer) {
-                let size = crate::maintenance::encoded_size(item);
-                if !items.is_empty() && (items.len() >= limit || bytes + size > budget) {
-                    done = false;
-                    break;
-                }
-                bytes += size;
-                items.push(envelope(item, change.stored.expires_at_ms));
-            }
-            next = change.change_seq;
-        }
-        ResponseProto {
-            kind: Some(response_proto::Kind::Sync(SyncResponseProto {
+                    .responsible(target, self.replication, self.local, &[peer])
+                    .contains(&peer)
+            },
+        );
+        match page {
+            Ok((items, next, done)) => Response::Sync(SyncPage {
                 items,
                 next,
                 done,
                 epoch: self.epoch,
-            })),
+            }),
+            Err(e) => Response::refused(Refusal::INTERNAL, e.to_string()),
         }
+    }
+}
+
+/// One page of sync over `changes` (in change order): the items of `req`'s salt that
+/// `wanted` says the requester is responsible for, at most `req.limit` (clamped to
+/// 1..=[`MAX_SYNC_PAGE`]) and `budget` bytes, though always at least one. Returns the
+/// items, the cursor to continue from and whether nothing is left.
+fn sync_page<E>(
+    changes: impl IntoIterator<Item = Result<dht_core::store::ChangedItem, E>>,
+    req: &SyncRequest,
+    budget: usize,
+    wanted: impl Fn(&Target) -> bool,
+) -> Result<(Vec<Decoded<Envelope>>, u64, bool), E> {
+    let limit = (req.limit as usize).clamp(1, MAX_SYNC_PAGE);
+    let mut items = Vec::new();
+    let mut bytes = 0usize;
+    let mut next = req.since;
+    for change in changes {
+        let change = change?;
+        let item = &change.stored.item;
+        if !req.salt.is_empty() && item.salt != req.salt {
+            next = change.change_seq;
+            continue;
+        }
+        if wanted(&item.target()) {
+            let size = encoded_size(item);
+            if !items.is_empty() && (items.len() >= limit || bytes + size > budget) {
+                return Ok((items, next, false));
+            }
+            bytes += size;
+            let expires_at_ms = change.stored.expires_at_ms;
+            items.push(Ok(Envelope {
+                item: item.clone(),
+                expires_at_ms: (expires_at_ms != 0).then_some(expires_at_ms),
+            }));
+        }
+        next = change.change_seq;
+    }
+    Ok((items, next, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use dht_core::store::ChangedItem;
+    use dht_core::{MutableItem, SigningKey, StoredItem};
+
+    use super::*;
+
+    fn changes(salts: &[&'static str]) -> Vec<Result<ChangedItem, ()>> {
+        let key = SigningKey::generate_ed25519();
+        salts
+            .iter()
+            .enumerate()
+            .map(|(i, salt)| {
+                Ok(ChangedItem {
+                    change_seq: 10 * (i as u64 + 1),
+                    stored: StoredItem {
+                        item: MutableItem::sign(&key, key.public_key(), *salt, 1, vec![0u8; 100]),
+                        expires_at_ms: 0,
+                        by_authorized_publisher: false,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    fn req(since: u64, limit: u32, salt: &'static str) -> SyncRequest {
+        SyncRequest {
+            since,
+            limit,
+            salt: Bytes::from_static(salt.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn sync_pages_stop_at_the_limit_and_continue_from_their_cursor() {
+        let all = changes(&["a", "a", "a", "a", "a"]);
+        let (items, next, done) =
+            sync_page(all.clone(), &req(0, 2, ""), usize::MAX, |_| true).unwrap();
+        assert_eq!((items.len(), next, done), (2, 20, false));
+        // The next page starts after the cursor (the store iterator does the skipping).
+        let (items, next, done) =
+            sync_page(all[2..].to_vec(), &req(next, 2, ""), usize::MAX, |_| true).unwrap();
+        assert_eq!((items.len(), next, done), (2, 40, false));
+        let (items, next, done) =
+            sync_page(all[4..].to_vec(), &req(next, 2, ""), usize::MAX, |_| true).unwrap();
+        assert_eq!((items.len(), next, done), (1, 50, true));
+        // A limit of 0 means 1; one above the maximum means the maximum.
+        let (items, _, _) = sync_page(all.clone(), &req(0, 0, ""), usize::MAX, |_| true).unwrap();
+        assert_eq!(items.len(), 1);
+        let (items, _, done) =
+            sync_page(all.clone(), &req(0, u32::MAX, ""), usize::MAX, |_| true).unwrap();
+        assert_eq!((items.len(), done), (5, true));
+    }
+
+    #[test]
+    fn sync_pages_keep_to_the_byte_budget_but_carry_at_least_one_item() {
+        let all = changes(&["a", "a", "a"]);
+        let one = encoded_size(&all[0].as_ref().unwrap().stored.item);
+        let (items, next, done) = sync_page(all.clone(), &req(0, 100, ""), 1, |_| true).unwrap();
+        assert_eq!((items.len(), next, done), (1, 10, false));
+        let (items, _, _) = sync_page(all, &req(0, 100, ""), 2 * one, |_| true).unwrap();
+        assert_eq!(items.len(), 2);
+    }
+
+    #[test]
+    fn sync_pages_skip_other_salts_and_unwanted_targets_but_move_the_cursor() {
+        let all = changes(&["a", "b", "a", "b"]);
+        let (items, next, done) =
+            sync_page(all.clone(), &req(0, 100, "b"), usize::MAX, |_| true).unwrap();
+        assert_eq!((items.len(), next, done), (2, 40, true));
+        let (items, next, done) = sync_page(all, &req(0, 100, ""), usize::MAX, |_| false).unwrap();
+        assert_eq!((items.len(), next, done), (0, 40, true));
+        // A store error ends the page with the error.
+        let failing: Vec<Result<ChangedItem, &str>> = vec![Err("disk")];
+        assert_eq!(
+            sync_page(failing, &req(0, 1, ""), 1, |_| true).unwrap_err(),
+            "disk"
+        );
     }
 }

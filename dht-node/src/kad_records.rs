@@ -17,12 +17,14 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use dht_core::store::RecordStore as ItemStore;
-use dht_core::wire::{decode_item, encode_item, DecodeLimits};
+use dht_core::wire::{decode_item, encode_item};
 use dht_core::{MutableItem, Rejection, Target, Validator, VerifiedItem};
 use libp2p::kad::store::{self as kad_store, MemoryStore, RecordStore};
 use libp2p::kad::{ProviderRecord, Record, RecordKey};
 use libp2p::PeerId;
 use tracing::debug;
+
+use crate::protocol::decode_limits;
 
 /// The ASCII prefix of every item record key; the 32 raw target bytes follow it.
 pub const RECORD_KEY_PREFIX: &[u8] = b"/skywire-dht/item/";
@@ -79,10 +81,7 @@ pub fn item_record(item: &MutableItem) -> Record {
 /// validly signed and belonging at the key's target.
 pub fn check_record(validator: &Validator, record: &Record) -> Result<VerifiedItem, Rejection> {
     let target = parse_record_key(record.key.as_ref())?;
-    let limits = DecodeLimits {
-        max_value_len: validator.policy().max_value_len,
-    };
-    let item = decode_item(&record.value, &limits)?;
+    let item = decode_item(&record.value, &decode_limits(validator.policy()))?;
     validator.validate_for(&target, item)
 }
 
@@ -215,7 +214,7 @@ mod tests {
         assert!(store.get(&rk).is_none());
         store.attach(items, Arc::new(|| true));
         let record = store.get(&rk).unwrap().into_owned();
-        let limits = DecodeLimits::default();
+        let limits = dht_core::wire::DecodeLimits::default();
         assert_eq!(decode_item(&record.value, &limits).unwrap(), item);
         assert!(check_record(&validator, &record).is_ok());
         // Another key format, or an unknown target: nothing.

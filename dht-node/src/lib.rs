@@ -20,37 +20,63 @@
 //! # Ok(()) }
 //! ```
 
-mod admission;
-pub mod config;
-pub mod connections;
-pub mod error;
-pub mod events;
-mod get;
+#![deny(missing_docs)]
+
+// The order a put travels through them is in the README ("Layout").
+mod admission; // budgets of peers outside the routing table
+mod bandwidth; // bytes per application protocol
+mod config;
+mod connections; // the connection budget
+mod data_dir; // key and store files
+mod error;
+mod events;
+mod get; // the get queries
+mod inbound; // a replica validating and storing
+mod kad_records; // items as kad records
+mod liveness; // suspected and dead peers
+mod maintenance; // catch-up, hand-off, re-replication, republish, expiry
+mod metrics;
+mod network; // the swarm task, rate limits
+mod node; // the API, start-up, shutdown
+mod placement; // the responsible set, stand-ins for replicas that are down
+mod protocol; // typed messages, the wire, framing and limits
+mod put; // the put query
+mod repair; // read repair
+mod report;
+mod routing; // the routing view, responsibility, the saved table
+mod state; // the node's shared state
+#[cfg(feature = "testnet")]
+mod testnet;
+
 pub mod http;
-pub mod inbound;
-pub mod kad_records;
-mod liveness;
-pub mod maintenance;
-pub mod metrics;
-pub mod network;
-pub mod node;
-mod placement;
 pub mod process;
-pub mod protocol;
-mod put;
-pub mod report;
-pub mod routing;
 pub mod settings;
-pub mod testnet;
 
 pub use admission::Budget;
 pub use config::{NodeConfig, NodeMode, RateLimit, DEFAULT_PORT};
+pub use data_dir::{keypair_from_skywire_secret, load_or_create_keypair};
 pub use error::NodeError;
 pub use events::NodeEvent;
-pub use node::{keypair_from_skywire_secret, load_or_create_keypair, Node, NodeBuilder};
-pub use report::{
-    Found, GetMode, GetReport, Lookup, NodeStats, PutReport, ReplicaOutcome, ReplicaResult,
+pub use metrics::{
+    GetLabels, KadRejectLabels, Metrics, ProtocolBytesLabels, PutLabels, RequestLabels, SaltLabels,
+    TrafficLabels,
 };
-pub use testnet::Testnet;
+pub use node::{Node, NodeBuilder};
+pub use protocol::{ITEM_PROTOCOL, KAD_PROTOCOL};
+pub use report::{
+    admission_name, Found, GetMode, GetOutcome, GetReport, NodeStats, PutReport, ReplicaOutcome,
+    ReplicaResult,
+};
+pub use routing::{closest_of, target_key};
+#[cfg(feature = "testnet")]
+pub use testnet::{Testnet, TestnetBuilder};
 
 pub use libp2p::{identity, Multiaddr, PeerId};
+
+/// Helpers for tests and benchmarks (feature `test-util`): the item protocol's prost
+/// messages and codec, to put hostile or hand-made frames on the wire (see also
+/// [`Node::request`] and [`Node::send_item_to`]).
+#[cfg(feature = "test-util")]
+pub mod test_util {
+    pub use crate::protocol::*;
+}

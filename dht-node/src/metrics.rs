@@ -34,6 +34,15 @@ pub struct TrafficLabels {
     pub direction: String,
 }
 
+/// Labels of substream bytes by application protocol.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolBytesLabels {
+    /// "items", "kad", "identify", "ping" or "other".
+    pub protocol: &'static str,
+    /// "in" or "out".
+    pub direction: &'static str,
+}
+
 /// Labels of refused kad records.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KadRejectLabels {
@@ -69,7 +78,7 @@ pub struct SaltLabels {
     pub salt: String,
 }
 
-/// The node's metrics; registered in [`Metrics::registry`].
+/// The node's metrics, all registered in one registry ([`Metrics::encode`] writes it out).
 pub struct Metrics {
     /// Peers in the routing table.
     pub routing_table_peers: Gauge,
@@ -111,6 +120,11 @@ pub struct Metrics {
     /// Bytes of item-protocol frames read and written (length prefix included; frames
     /// refused from their prefix count the bytes skipped).
     pub item_protocol_bytes: Family<TrafficLabels, Counter>,
+    /// `rate_limited` refusals to strangers held back a second before they were sent.
+    pub refusals_held: Counter,
+    /// Substream bytes by application protocol and direction (multistream-select
+    /// negotiation included; noise and yamux framing excluded).
+    pub protocol_bytes: Family<ProtocolBytesLabels, Counter>,
     /// Inbound kad `PUT_VALUE` records refused (never stored), by reason: kad
     /// acknowledges before the record is checked, so this is the only trace.
     pub kad_put_rejected: Family<KadRejectLabels, Counter>,
@@ -152,6 +166,8 @@ impl Metrics {
             equivocations: Counter::default(),
             items_rereplicated: Counter::default(),
             item_protocol_bytes: Family::default(),
+            protocol_bytes: Family::default(),
+            refusals_held: Counter::default(),
             strangers_throttled: Counter::default(),
             kad_put_rejected: Family::default(),
             registry: Mutex::new(Registry::with_prefix("dht")),
@@ -172,6 +188,16 @@ impl Metrics {
                 "item_protocol_bytes",
                 "Bytes of item-protocol frames by direction",
                 m.item_protocol_bytes.clone(),
+            );
+            r.register(
+                "refusals_held",
+                "Refusals to rate-limited strangers held back a second before they were sent",
+                m.refusals_held.clone(),
+            );
+            r.register(
+                "protocol_bytes",
+                "Substream bytes by application protocol (items, kad, identify, ping, other) and direction",
+                m.protocol_bytes.clone(),
             );
             r.register(
                 "peers_suspected",

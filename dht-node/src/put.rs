@@ -7,7 +7,8 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use dht_core::{MutableItem, PutOptions, Target};
+use bytes::Bytes;
+use dht_core::{MutableItem, PublicKey, PutOptions, SigningKey, Target};
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
@@ -15,11 +16,10 @@ use libp2p::PeerId;
 use tracing::{debug, instrument};
 
 use crate::config::NodeMode;
-use crate::events::NodeEvent;
 use crate::network::PeerList;
 use crate::node::Node;
 use crate::placement::Placement;
-use crate::report::{PutReport, ReplicaOutcome, ReplicaResult};
+use crate::report::{GetMode, PutReport, ReplicaOutcome, ReplicaResult};
 use crate::NodeError;
 
 /// Shortest wait for stragglers once a majority stored.
@@ -45,7 +45,7 @@ impl PutQuery {
         let node = &self.node;
         let me = node.peer_id();
         let full = node.config().mode == NodeMode::Full;
-        let liveness = &node.inner.shared.liveness;
+        let liveness = &node.inner.state.liveness;
         self.placement = Placement::of(
             &self.target,
             self.known.iter().copied().chain(full.then_some(me)),
@@ -58,9 +58,8 @@ impl PutQuery {
                 let node = self.node.clone();
                 let item = self.item.clone();
                 let opts = self.opts;
-                self.pending.push(
-                    async move { (peer, node.send_item_to(peer, &item, opts).await) }.boxed(),
-                );
+                self.pending
+                    .push(async move { (peer, node.send_item(peer, &item, opts).await) }.boxed());
             }
         }
     }
@@ -150,6 +149,26 @@ impl PutQuery {
 }
 
 impl Node {
+    /// Deletes the subject's item under `salt`: reads the current seq (best of a quorum)
+    /// and publishes a signed tombstone one above it.
+    #[instrument(skip_all, fields(subject = %subject, salt = %String::from_utf8_lossy(salt)))]
+    pub async fn delete(
+        &self,
+        key: &SigningKey,
+        subject: PublicKey,
+        salt: &[u8],
+    ) -> Result<PutReport, NodeError> {
+        let current = self.get(subject, salt, GetMode::Quorum(0)).await?;
+        let seq = current.seq().map_or(1, |s| s.saturating_add(1));
+        self.put(MutableItem::tombstone(
+            key,
+            subject,
+            Bytes::copy_from_slice(salt),
+            seq,
+        ))
+        .await
+    }
+
     /// Publishes an item with default options.
     pub async fn put(&self, item: MutableItem) -> Result<PutReport, NodeError> {
         self.put_with(item, PutOptions::default()).await
@@ -180,7 +199,7 @@ impl Node {
         let started = Instant::now();
         let lookup = {
             let node = self.clone();
-            async move { node.lookup(target).await }.boxed()
+            async move { node.inner.client.lookup(target).await }.boxed()
         };
         let mut query = PutQuery {
             node: self.clone(),
@@ -189,7 +208,7 @@ impl Node {
             opts,
             known: self
                 .inner
-                .shared
+                .state
                 .view
                 .snapshot()
                 .into_keys()
@@ -207,7 +226,7 @@ impl Node {
         let mut majority_at: Option<Instant> = None;
         while !query.finished() {
             let young =
-                query.placement.responsible.len() < k && !self.inner.shared.table_is_membership();
+                query.placement.responsible.len() < k && !self.inner.state.table_is_membership();
             // Every replica asked has answered and a majority holds the item: a lookup
             // still running can only add to a table that already answered (it goes on
             // in the background), unless the table is young.
@@ -269,40 +288,5 @@ impl Node {
             "put returned"
         );
         Ok(report)
-    }
-
-    /// Stores a verified item in the local store and says what happened.
-    pub(crate) async fn store_locally(
-        &self,
-        verified: dht_core::VerifiedItem,
-        opts: PutOptions,
-    ) -> Result<ReplicaResult, NodeError> {
-        let Some(store) = self.store() else {
-            return Err(NodeError::Shutdown);
-        };
-        let target = verified.target();
-        let item = verified.item().clone();
-        let r = tokio::task::spawn_blocking(move || store.put(verified, opts))
-            .await
-            .map_err(|e| NodeError::Task(e.to_string()))?;
-        Ok(match r {
-            Ok(a) => {
-                let _ = self.inner.shared.events.send(NodeEvent::ItemStored {
-                    target,
-                    seq: item.seq,
-                    tombstone: item.is_tombstone(),
-                });
-                self.metrics().count_put(&item.salt, Ok(a));
-                ReplicaResult::Stored(a)
-            }
-            Err(dht_core::StoreError::Rejected(r)) => {
-                self.metrics().count_put(&item.salt, Err(r.code()));
-                ReplicaResult::Rejected {
-                    code: r.code(),
-                    detail: r.to_string(),
-                }
-            }
-            Err(e) => return Err(e.into()),
-        })
     }
 }

@@ -165,7 +165,7 @@ pub enum GetMode {
 /// A valid item found by a get.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
-    /// The item (a tombstone for [`Lookup::Deleted`]).
+    /// The item (a tombstone for [`GetOutcome::Deleted`]).
     pub item: MutableItem,
     /// Its expiry, unix ms.
     pub expires_at_ms: u64,
@@ -173,9 +173,9 @@ pub struct Found {
     pub from: Option<PeerId>,
 }
 
-/// What a get found.
+/// The outcome of a get: what it found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Lookup {
+pub enum GetOutcome {
     /// A value.
     Found(Found),
     /// Deleted: a tombstone at this seq.
@@ -186,13 +186,25 @@ pub enum Lookup {
     Unreachable,
 }
 
+impl GetOutcome {
+    /// The outcome of finding `found`: a value, or a tombstone.
+    pub(crate) fn of(found: Found) -> Self {
+        if found.item.is_tombstone() {
+            GetOutcome::Deleted(found)
+        } else {
+            GetOutcome::Found(found)
+        }
+    }
+}
+
 /// The report of a get.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GetReport {
     /// The target read.
     pub target: Target,
-    /// The outcome.
-    pub lookup: Lookup,
+    /// The outcome (the field keeps its name for the `dht-node` binary's sake; it is
+    /// no kad lookup).
+    pub lookup: GetOutcome,
     /// Peers asked.
     pub asked: usize,
     /// Peers that answered.
@@ -207,7 +219,7 @@ impl GetReport {
     /// The value, if found.
     pub fn value(&self) -> Option<&[u8]> {
         match &self.lookup {
-            Lookup::Found(f) => f.item.value().map(|v| &v[..]),
+            GetOutcome::Found(f) => f.item.value().map(|v| &v[..]),
             _ => None,
         }
     }
@@ -215,23 +227,23 @@ impl GetReport {
     /// The seq of a value or tombstone found.
     pub fn seq(&self) -> Option<u64> {
         match &self.lookup {
-            Lookup::Found(f) | Lookup::Deleted(f) => Some(f.item.seq),
+            GetOutcome::Found(f) | GetOutcome::Deleted(f) => Some(f.item.seq),
             _ => None,
         }
     }
 
     /// Whether the item reads as deleted.
     pub fn is_deleted(&self) -> bool {
-        matches!(self.lookup, Lookup::Deleted(_))
+        matches!(self.lookup, GetOutcome::Deleted(_))
     }
 
     /// JSON form for tools.
     pub fn to_json(&self) -> serde_json::Value {
         let (status, item) = match &self.lookup {
-            Lookup::Found(f) => ("found", Some(f)),
-            Lookup::Deleted(f) => ("deleted", Some(f)),
-            Lookup::NotFound => ("not_found", None),
-            Lookup::Unreachable => ("unreachable", None),
+            GetOutcome::Found(f) => ("found", Some(f)),
+            GetOutcome::Deleted(f) => ("deleted", Some(f)),
+            GetOutcome::NotFound => ("not_found", None),
+            GetOutcome::Unreachable => ("unreachable", None),
         };
         serde_json::json!({
             "target": self.target.to_string(),
@@ -264,4 +276,99 @@ pub struct NodeStats {
     pub store_bytes: u64,
     /// Listen addresses.
     pub listen_addrs: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(peer: PeerId, result: ReplicaResult) -> ReplicaOutcome {
+        ReplicaOutcome { peer, result }
+    }
+
+    #[test]
+    fn the_majority_counts_only_the_responsible_set() {
+        let me = PeerId::random();
+        let (a, b, c, stand_in) = (
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+        );
+        let mut report = PutReport {
+            target: Target([1; 32]),
+            seq: 1,
+            node: me,
+            local: Some(ReplicaResult::Stored(Admission::Insert)),
+            replicas: vec![
+                outcome(stand_in, ReplicaResult::Stored(Admission::Insert)),
+                outcome(a, ReplicaResult::Failed("timeout".into())),
+                outcome(
+                    b,
+                    ReplicaResult::Rejected {
+                        code: ReasonCode::Stale,
+                        detail: String::new(),
+                    },
+                ),
+            ],
+            responsible: vec![me, a, b, c],
+            unreachable: vec![c],
+            stand_ins: vec![stand_in],
+            pending: Vec::new(),
+        };
+        // This node alone of four: no majority, though a stand-in stored it too.
+        assert_eq!(report.responsible_stored(), 1);
+        assert!(!report.majority_stored());
+        assert_eq!(report.stored_on(), vec![stand_in]);
+        assert_eq!(report.failed(), vec![a]);
+        assert_eq!(report.rejected_by(), vec![(b, ReasonCode::Stale)]);
+        // Two of four is no majority either; three is.
+        report
+            .replicas
+            .push(outcome(c, ReplicaResult::Stored(Admission::Refresh)));
+        assert!(!report.majority_stored());
+        report.replicas.push(outcome(
+            a,
+            ReplicaResult::Stored(Admission::Replace { previous_seq: 0 }),
+        ));
+        assert_eq!(report.responsible_stored(), 3);
+        assert!(report.majority_stored());
+        // This node's own copy counts only when it is responsible.
+        report.responsible = vec![a, b, c];
+        assert_eq!(report.responsible_stored(), 2);
+        // An empty responsible set never has a majority.
+        report.responsible.clear();
+        assert!(!report.majority_stored());
+    }
+
+    #[test]
+    fn a_get_outcome_reads_a_tombstone_as_deleted() {
+        let key = dht_core::SigningKey::generate_ed25519();
+        let value = MutableItem::sign(&key, key.public_key(), "svc", 1, &b"v"[..]);
+        let tomb = MutableItem::tombstone(&key, key.public_key(), "svc", 2);
+        let found = |item: &MutableItem| Found {
+            item: item.clone(),
+            expires_at_ms: 0,
+            from: None,
+        };
+        let report = |lookup| GetReport {
+            target: value.target(),
+            lookup,
+            asked: 0,
+            answered: 0,
+            invalid: Vec::new(),
+            repairing: Vec::new(),
+        };
+        let got = report(GetOutcome::of(found(&value)));
+        assert_eq!(
+            (got.value(), got.seq(), got.is_deleted()),
+            (Some(&b"v"[..]), Some(1), false)
+        );
+        let gone = report(GetOutcome::of(found(&tomb)));
+        assert_eq!(
+            (gone.value(), gone.seq(), gone.is_deleted()),
+            (None, Some(2), true)
+        );
+        assert_eq!(report(GetOutcome::NotFound).seq(), None);
+    }
 }

@@ -33,11 +33,6 @@ impl RoutingView {
         self.peers.read().len()
     }
 
-    /// Whether the routing table is empty.
-    pub fn is_empty(&self) -> bool {
-        self.peers.read().is_empty()
-    }
-
     /// Addresses of a peer.
     pub fn addresses(&self, peer: &PeerId) -> Vec<Multiaddr> {
         self.peers.read().get(peer).cloned().unwrap_or_default()

@@ -1,8 +1,10 @@
 //! Real local networks of nodes on 127.0.0.1, in one process: for tests, examples and
 //! benchmarks.
 
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use libp2p::multiaddr::Protocol;
 use libp2p::Multiaddr;
 
 use crate::config::{NodeConfig, NodeMode};
@@ -65,7 +67,7 @@ impl Testnet {
     pub async fn restart(&mut self, i: usize) -> Result<Node, NodeError> {
         let mut config = self.nodes[i].config().clone();
         if config.data_dir.is_none() {
-            return Err(NodeError::Config("restart needs an on-disk testnet".into()));
+            return Err(NodeError::Config("restart needs an on-disk testnet"));
         }
         config.bootstrap.clear();
         let node = Node::builder().config(config).build().await?;
@@ -174,7 +176,9 @@ impl TestnetBuilder {
     /// Starts the nodes and waits until their routing tables are populated.
     pub async fn build(self) -> Result<Testnet, NodeError> {
         let mut template = self.config;
-        template.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr")];
+        template.listen = vec![Multiaddr::empty()
+            .with(Protocol::Ip4(Ipv4Addr::LOCALHOST))
+            .with(Protocol::Tcp(0))];
         template.quic = false;
         // The template's bootstrap addresses (an existing network to join) go to the
         // first node; the others bootstrap from it.

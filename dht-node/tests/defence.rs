@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use dht_core::wire::{EnvelopeProto, ItemProto};
 use dht_core::{MutableItem, PutOptions, SigningKey};
-use dht_node::protocol::{
+use dht_node::test_util::{
     request_proto, response_proto, GetRequestProto, PutItemProto, PutRequestProto, RequestProto,
     SyncRequestProto,
 };
@@ -188,8 +188,50 @@ async fn a_node_under_a_skywire_key_over_quic() {
         assert!(text.contains(m), "{m} missing from\n{text}");
     }
     assert!(text.contains("result=\"accepted\""));
+    // Over QUIC too, bytes are counted per protocol.
+    assert!(protocol_bytes(&text, "items", "in") > 0, "{text}");
+    assert!(protocol_bytes(&text, "identify", "out") > 0, "{text}");
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// A `dht_protocol_bytes_total` counter from a metrics text (0 when absent).
+fn protocol_bytes(text: &str, protocol: &str, direction: &str) -> u64 {
+    let series =
+        format!("dht_protocol_bytes_total{{protocol=\"{protocol}\",direction=\"{direction}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_are_counted_per_protocol() {
+    let net = Testnet::builder(3).build().await.unwrap();
+    assert!(net.wait_for_routing(2, Duration::from_secs(10)).await);
+    let key = SigningKey::generate_ed25519();
+    let value = vec![7u8; 20_000];
+    let item = MutableItem::sign(&key, key.public_key(), "svc", 1, value);
+    let report = net.nodes[0].put(item).await.unwrap();
+    assert!(report.majority_stored(), "{report:?}");
+    let sent = net.nodes[0].metrics().encode();
+    // Each replica that stored it got the whole value (at least one other node did).
+    let items_out = protocol_bytes(&sent, "items", "out");
+    assert!(items_out >= 20_000, "items out {items_out}\n{sent}");
+    for (protocol, direction) in [("kad", "out"), ("kad", "in"), ("identify", "in")] {
+        assert!(
+            protocol_bytes(&sent, protocol, direction) > 0,
+            "{protocol} {direction} missing\n{sent}"
+        );
+    }
+    // What one node wrote, the others read.
+    let mut items_in = 0;
+    for node in &net.nodes[1..] {
+        items_in += protocol_bytes(&node.metrics().encode(), "items", "in");
+    }
+    assert!(items_in >= 20_000, "items in {items_in}");
+    assert_eq!(protocol_bytes(&sent, "other", "in"), 0, "{sent}");
+    net.shutdown().await;
 }
 
 /// A client node (in no routing table) with its own, looser limits.

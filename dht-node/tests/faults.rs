@@ -3,6 +3,9 @@
 //! asserts what a user would observe: truthful put reports, one winner everywhere, no
 //! deleted list ever served, every replica slot filled again.
 
+mod common;
+
+use common::wait_for;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -17,15 +20,6 @@ fn fast_failure_config() -> NodeConfig {
         lookup_timeout: Duration::from_secs(4),
         ..NodeConfig::local()
     }
-}
-
-async fn wait_for<F: FnMut() -> bool>(what: &str, timeout: Duration, mut f: F) -> Duration {
-    let started = Instant::now();
-    while !f() {
-        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    started.elapsed()
 }
 
 /// Which of `nodes` hold exactly `item` in their local store.

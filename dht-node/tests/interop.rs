@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use dht_core::wire::{decode_item, encode_item, DecodeLimits};
 use dht_core::{MutableItem, SigningKey, Target};
-use dht_node::metrics::KadRejectLabels;
+use dht_node::KadRejectLabels;
 use dht_node::{Node, Testnet};
 
 fn js_dir() -> PathBuf {

@@ -1,12 +1,17 @@
 //! User stories of the node on real sockets (TCP + noise + yamux on 127.0.0.1, ports
 //! chosen by the OS).
 
+mod common;
+
+use common::wait_for;
 use std::collections::HashSet;
 use std::time::Duration;
 
 use bytes::Bytes;
 use dht_core::{MutableItem, Policy, PutOptions, ReasonCode, SigningKey, Target};
-use dht_node::{GetMode, Lookup, NodeConfig, NodeEvent, NodeMode, ReplicaResult, Testnet};
+use dht_node::{
+    GetMode, GetOutcome as Lookup, NodeConfig, NodeEvent, NodeMode, ReplicaResult, Testnet,
+};
 
 fn value_of(report: &dht_node::GetReport) -> Option<Vec<u8>> {
     report.value().map(<[u8]>::to_vec)
@@ -28,17 +33,6 @@ fn transport_list(edge: &str, n: usize) -> Vec<u8> {
         })
         .collect();
     serde_json::to_vec(&entries).unwrap()
-}
-
-async fn wait_for<F: Fn() -> bool>(what: &str, timeout: Duration, f: F) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use dht_core::wire::{EnvelopeProto, ItemProto, ENVELOPE_VERSION};
 use dht_core::{MutableItem, SigningKey};
-use dht_node::protocol::{
+use dht_node::test_util::{
     request_proto, response_proto, ErrorProto, GetRequestProto, GetResponseProto, ItemCodec,
     ItemRequest, PutItemProto, PutRequestProto, PutResponseProto, PutResultProto, RequestProto,
     ResponseProto, SyncRequestProto, SyncResponseProto, ITEM_PROTOCOL,
@@ -28,7 +28,7 @@ fn pool() -> DescriptorPool {
 fn codec() -> ItemCodec {
     ItemCodec::new(
         2 * 1024 * 1024,
-        &dht_node::metrics::Metrics::new().item_protocol_bytes,
+        &dht_node::Metrics::new().item_protocol_bytes,
     )
 }
 

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use dht_core::{MutableItem, SigningKey};
-use dht_node::{GetMode, Lookup, Testnet};
+use dht_node::{GetMode, GetOutcome as Lookup, Testnet};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_put_and_get() {

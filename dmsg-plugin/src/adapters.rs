@@ -128,6 +128,7 @@ impl<S: KeySource> KeyMirror<S> {
         let gone: Vec<_> = self
             .mirror
             .known_subjects()
+            .await
             .into_iter()
             .filter(|s| !keys.contains(s))
             .map(|s| (s, MirrorAction::Delete))

@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use dht_core::json::ItemJson;
 use dht_core::{MutableItem, PublicKey, SALT_DMSG, SALT_SERVICES, SALT_TRANSPORTS};
-use dht_node::{GetMode, GetReport, Lookup, Node, NodeError};
+use dht_node::{GetMode, GetOutcome, GetReport, Node, NodeError};
 use serde::Deserialize;
 
 use crate::formats::ServiceEntry;
@@ -231,7 +231,7 @@ impl Gateway {
             tokio::time::timeout(self.config.read_timeout, self.node.get(subject, salt, mode))
                 .await
                 .map_err(|_| ApiError::from(NodeError::Timeout))??;
-        if report.lookup == Lookup::Unreachable {
+        if report.lookup == GetOutcome::Unreachable {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unreachable",
@@ -381,7 +381,7 @@ async fn raw_item(
     }
     let report = g.read(subject, salt.as_bytes(), p.quorum).await?;
     let status = match report.lookup {
-        Lookup::NotFound => StatusCode::NOT_FOUND,
+        GetOutcome::NotFound => StatusCode::NOT_FOUND,
         _ => StatusCode::OK,
     };
     Ok((status, Json(report.to_json())).into_response())
@@ -456,11 +456,9 @@ async fn health(State(g): State<Gateway>) -> Response {
 }
 
 async fn metrics(State(g): State<Gateway>) -> Response {
-    if let Some(store) = g.node.store() {
-        if let Ok(Ok(stats)) = tokio::task::spawn_blocking(move || store.stats()).await {
-            g.node.metrics().items_stored.set(stats.items as i64);
-            g.node.metrics().store_bytes.set(stats.bytes);
-        }
+    if let Ok(Some(Ok(stats))) = g.node.with_store(|s| s.stats()).await {
+        g.node.metrics().items_stored.set(stats.items as i64);
+        g.node.metrics().store_bytes.set(stats.bytes);
     }
     (
         [(

@@ -6,19 +6,22 @@
 //! the [adapters] (salts "tp", "svc", "dmsg"); visors read with the [visor] client, DHT
 //! first and HTTP as fallback.
 //!
-//! The field report's bugs are impossible by construction here: an edge's item IS its
-//! full list (one item per edge, never one per transport), an emptied key becomes a
-//! signed tombstone that every replica keeps, and values up to 1 MiB are accepted.
+//! By construction, an edge's item IS its full list (one item per edge, never one per
+//! transport), an emptied key becomes a signed tombstone that every replica keeps, and
+//! values up to 1 MiB are accepted.
+
+#![deny(missing_docs)]
 
 pub mod adapters;
+pub mod dht_to_http;
+#[cfg(feature = "test-util")]
+pub mod fakes;
 pub mod formats;
 pub mod gateway;
 mod laggards;
-pub mod memory;
 pub mod mirror;
+pub mod mirror_api;
 pub mod plugin;
-pub mod push_api;
-pub mod pusher;
 pub mod settings;
 pub mod visor;
 
@@ -26,6 +29,7 @@ pub use adapters::{
     BatchOutcome, DmsgMirror, DmsgStore, ServiceMirror, ServiceStore, SourceError, TransportMirror,
     TransportStore,
 };
+pub use dht_to_http::{PusherConfig, PusherError};
 pub use formats::{DmsgEntry, ServiceEntry, TransportEntry};
 pub use gateway::GatewayConfig;
 pub use mirror::{KeyOutcome, Mirror, MirrorAction, RetryPolicy, SeqClock};

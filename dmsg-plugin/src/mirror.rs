@@ -2,8 +2,9 @@
 //! tombstone) with the discovery's mirror key, put it, and learn from the put report
 //! whether a majority of the responsible replicas stored it. The caller is answered as
 //! soon as that majority holds; replicas that were down or slow are brought up to date
-//! from a background queue ([`crate::laggards`]). Only a put that found no majority is
-//! retried inline, and an item this node itself refuses (a value over the limit) never.
+//! from a background queue (the private `laggards` module). Only a put that found no
+//! majority is retried inline, and an item this node itself refuses (a value over the
+//! limit) never.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -170,14 +171,23 @@ impl Mirror {
 
     /// Subjects the DHT may hold a live value of this mirror for: those published by this
     /// process, and those signed by this mirror's key in the local store.
-    pub fn known_subjects(&self) -> HashSet<PublicKey> {
+    /// The store is scanned on the blocking pool ([`Node::with_store`]).
+    pub async fn known_subjects(&self) -> HashSet<PublicKey> {
         let mut out = self.live.lock().clone();
-        if let Some(store) = self.node.store() {
-            let me = self.key.public_key();
-            for s in dht_core::store::iter_all(&*store).flatten() {
-                if s.item.salt == self.salt && s.item.signer == me && !s.item.is_tombstone() {
-                    out.insert(s.item.subject);
-                }
+        let me = self.key.public_key();
+        let salt = self.salt.clone();
+        let scan = self.node.with_store(move |store| {
+            dht_core::store::iter_all(store)
+                .flatten()
+                .filter(|s| s.item.salt == salt && s.item.signer == me && !s.item.is_tombstone())
+                .map(|s| s.item.subject)
+                .collect::<Vec<_>>()
+        });
+        match scan.await {
+            Ok(Some(subjects)) => out.extend(subjects),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "scanning the store for this mirror's subjects failed")
             }
         }
         out

@@ -10,9 +10,9 @@ use dht_core::SigningKey;
 use dht_node::{identity, Node, NodeConfig};
 use tokio::task::JoinHandle;
 
+use crate::dht_to_http::{self, PusherConfig, PusherError};
 use crate::gateway::{self, GatewayConfig};
 use crate::mirror::Mirror;
-use crate::pusher::{self, PusherConfig, PusherError};
 
 /// Settings of the HTTP push API.
 #[derive(Debug, Clone)]
@@ -112,7 +112,7 @@ impl DhtPlugin {
         if let Some(push) = &config.push {
             let listener = tokio::net::TcpListener::bind(push.listen).await?;
             push_addr = Some(listener.local_addr()?);
-            let app = crate::push_api::router(
+            let app = crate::mirror_api::router(
                 mirrors.clone(),
                 push.token.clone(),
                 config.gateway.max_body,
@@ -123,7 +123,7 @@ impl DhtPlugin {
                 }
             }));
         }
-        tasks.push(tokio::spawn(pusher::run(
+        tasks.push(tokio::spawn(dht_to_http::run(
             node.clone(),
             config.pusher.clone(),
         )));

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use dht_core::{PublicKey, SALT_DMSG, SALT_SERVICES, SALT_TRANSPORTS};
-use dht_node::{GetMode, Lookup, Node};
+use dht_node::{GetMode, GetOutcome, Node};
 use serde::de::DeserializeOwned;
 use tracing::debug;
 
@@ -112,10 +112,10 @@ impl VisorClient {
         let share = self.config.budget.mul_f64(self.config.dht_share);
         match tokio::time::timeout(share, node.get(subject, salt, GetMode::First)).await {
             Ok(Ok(r)) => match r.lookup {
-                Lookup::Found(f) => {
+                GetOutcome::Found(f) => {
                     DhtAnswer::Value(f.item.value().map(|v| v.to_vec()).unwrap_or_default())
                 }
-                Lookup::Deleted(_) => DhtAnswer::Deleted,
+                GetOutcome::Deleted(_) => DhtAnswer::Deleted,
                 _ => DhtAnswer::Nothing,
             },
             Ok(Err(e)) => {
@@ -124,6 +124,27 @@ impl VisorClient {
             }
             Err(_) => DhtAnswer::Nothing,
         }
+    }
+
+    /// The DHT's answer, when it has one: a value (`parse`d) or a tombstone (`deleted`).
+    /// `None` when the DHT holds nothing (or there is no node): the caller falls back to
+    /// HTTP.
+    async fn answer_from_dht<T>(
+        &self,
+        subject: PublicKey,
+        salt: &[u8],
+        parse: impl FnOnce(Vec<u8>) -> Result<T, VisorError>,
+        deleted: impl FnOnce() -> T,
+    ) -> Result<Option<Answer<T>>, VisorError> {
+        let value = match self.read_dht(subject, salt).await {
+            DhtAnswer::Value(v) => parse(v)?,
+            DhtAnswer::Deleted => deleted(),
+            DhtAnswer::Nothing => return Ok(None),
+        };
+        Ok(Some(Answer {
+            value,
+            source: Source::Dht,
+        }))
     }
 
     async fn http_get(
@@ -169,20 +190,14 @@ impl VisorClient {
         edge: PublicKey,
     ) -> Result<Answer<Vec<TransportEntry>>, VisorError> {
         let deadline = tokio::time::Instant::now() + self.config.budget;
-        match self.read_dht(edge, SALT_TRANSPORTS).await {
-            DhtAnswer::Value(v) => {
-                return Ok(Answer {
-                    value: Self::parse(&v, Source::Dht)?,
-                    source: Source::Dht,
-                })
-            }
-            DhtAnswer::Deleted => {
-                return Ok(Answer {
-                    value: Vec::new(),
-                    source: Source::Dht,
-                })
-            }
-            DhtAnswer::Nothing => {}
+        let dht = self.answer_from_dht(
+            edge,
+            SALT_TRANSPORTS,
+            |v| Self::parse(&v, Source::Dht),
+            Vec::new,
+        );
+        if let Some(answer) = dht.await? {
+            return Ok(answer);
         }
         let base = self
             .config
@@ -218,20 +233,14 @@ impl VisorClient {
         visor: PublicKey,
     ) -> Result<Answer<Vec<ServiceEntry>>, VisorError> {
         let deadline = tokio::time::Instant::now() + self.config.budget;
-        match self.read_dht(visor, SALT_SERVICES).await {
-            DhtAnswer::Value(v) => {
-                return Ok(Answer {
-                    value: Self::parse(&v, Source::Dht)?,
-                    source: Source::Dht,
-                })
-            }
-            DhtAnswer::Deleted => {
-                return Ok(Answer {
-                    value: Vec::new(),
-                    source: Source::Dht,
-                })
-            }
-            DhtAnswer::Nothing => {}
+        let dht = self.answer_from_dht(
+            visor,
+            SALT_SERVICES,
+            |v| Self::parse(&v, Source::Dht),
+            Vec::new,
+        );
+        if let Some(answer) = dht.await? {
+            return Ok(answer);
         }
         let base = self
             .config
@@ -258,20 +267,11 @@ impl VisorClient {
     /// The DMSG entry of a key, as raw JSON (None when there is none).
     pub async fn dmsg_entry(&self, pk: PublicKey) -> Result<Answer<Option<Vec<u8>>>, VisorError> {
         let deadline = tokio::time::Instant::now() + self.config.budget;
-        match self.read_dht(pk, SALT_DMSG).await {
-            DhtAnswer::Value(v) => {
-                return Ok(Answer {
-                    value: Some(v),
-                    source: Source::Dht,
-                })
-            }
-            DhtAnswer::Deleted => {
-                return Ok(Answer {
-                    value: None,
-                    source: Source::Dht,
-                })
-            }
-            DhtAnswer::Nothing => {}
+        if let Some(answer) = self
+            .answer_from_dht(pk, SALT_DMSG, |v| Ok(Some(v)), || None)
+            .await?
+        {
+            return Ok(answer);
         }
         let base = self
             .config

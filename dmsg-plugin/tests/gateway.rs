@@ -8,8 +8,8 @@ use std::time::Duration;
 use dht_core::json::ItemJson;
 use dht_core::{MutableItem, Policy, SigningKey};
 use dht_node::{NodeConfig, NodeMode, Testnet};
+use dmsg_plugin::fakes::{transport_discovery_router, MemoryTransportStore};
 use dmsg_plugin::formats::{encode_transport_list, TransportEntry};
-use dmsg_plugin::memory::{transport_discovery_router, MemoryTransportStore};
 use dmsg_plugin::{
     DhtPlugin, GatewayConfig, PluginConfig, PushConfig, Source, VisorClient, VisorClientConfig,
 };

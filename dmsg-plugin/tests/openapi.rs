@@ -343,7 +343,7 @@ async fn the_gateway_document_is_exactly_as_strict_as_the_gateway() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_push_api_document_is_exactly_as_strict_as_the_push_api() {
-    let doc = Doc::new(dmsg_plugin::push_api::OPENAPI);
+    let doc = Doc::new(dmsg_plugin::mirror_api::OPENAPI);
     let routes: Vec<(String, String)> = doc.routes().into_iter().collect();
     assert_eq!(
         routes,

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use dht_core::{Policy, PublicKey, SigningKey, SALT_TRANSPORTS};
 use dht_node::{GetMode, NodeConfig, NodeEvent, Testnet};
-use dmsg_plugin::formats::{encode_service_list, ServiceEntry, TransportEntry};
-use dmsg_plugin::memory::{
+use dmsg_plugin::fakes::{
     transport_discovery_router, MemoryDmsgStore, MemoryServiceStore, MemoryTransportStore,
 };
+use dmsg_plugin::formats::{encode_service_list, ServiceEntry, TransportEntry};
 use dmsg_plugin::{DmsgEntry, DmsgMirror, GatewayConfig, Mirror, ServiceMirror, TransportMirror};
 
 const TOTAL_TRANSPORTS: usize = 4_615;

@@ -4,7 +4,7 @@
 //! evictable items by expiry, per-signer counts, total bytes), so every operation is
 //! O(log n): nothing scans the whole store on a put. The put algorithm itself, which
 //! applies the rules of [`crate::validation::admit`], the expiry and the quotas, is
-//! written once in [`apply_put`] over the [`IndexedTxn`] both stores provide.
+//! written once in `apply_put` over the `IndexedTxn` both stores provide.
 //!
 //! An item's stored deadline is the earliest of its signed expiry, the deadline a
 //! replica passed on ([`PutOptions::expires_at_ms`]) and `now + ttl`; it is set when the

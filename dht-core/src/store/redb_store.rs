@@ -345,7 +345,7 @@ pub const REDB_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 impl RedbStore {
     /// Opens the store at `path`, creating it only if the file does not exist, with a
-    /// page cache of [`REDB_CACHE_BYTES`], and verifies it before it is used.
+    /// page cache of `REDB_CACHE_BYTES`, and verifies it before it is used.
     ///
     /// Errors: a store written in another on-disk format is
     /// [`StoreError::IncompatibleFormat`]; a damaged file (0 bytes or shorter than a

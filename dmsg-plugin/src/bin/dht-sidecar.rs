@@ -33,7 +33,7 @@ naming the key and where it was set; --check prints the effective configuration 
 Exit codes: 0 clean stop (SIGTERM or Ctrl-C), 1 error (configuration, start-up).
 
 Environment besides the keys:
-  RUST_LOG            log filter (tracing EnvFilter), default \"info,libp2p=warn\"
+  RUST_LOG            log filter (tracing EnvFilter), default \"info,libp2p=warn,libp2p_request_response=error\"
   DHT_SIDECAR_CONFIG  the configuration file, as --config
 Logs go to standard error, without colours unless it is a terminal.
 Shell completions: dht-sidecar completions bash|zsh|fish|elvish|powershell.",

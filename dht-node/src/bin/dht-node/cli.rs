@@ -17,7 +17,7 @@ Exit codes:
   4  deleted: the newest item is a tombstone (get)
 
 Environment:
-  RUST_LOG          log filter (tracing EnvFilter), default \"info,libp2p=warn\";
+  RUST_LOG          log filter (tracing EnvFilter), default \"info,libp2p=warn,libp2p_request_response=error\";
                     e.g. RUST_LOG=debug or RUST_LOG=info,dht_node=debug
   DHT_LOG_FORMAT    text (default) or json, as --log-format
   DHT_BOOTSTRAP     bootstrap addresses (comma-separated), as --bootstrap

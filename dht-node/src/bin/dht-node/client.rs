@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use dht_core::{MutableItem, PublicKey, SigningKey};
-use dht_node::{GetMode, Lookup, Node, NodeConfig, NodeMode};
+use dht_node::{GetMode, GetOutcome as Lookup, Node, NodeConfig, NodeMode};
 
 use crate::cli::{NetArgs, SchemeArg};
 use crate::{code, Exit};

@@ -1,6 +1,7 @@
-//! In-memory discovery stores implementing the adapter traits, with read counters, and
-//! the HTTP routes a transport discovery serves over them. For tests, examples and
-//! benchmarks; production discoveries implement the traits over their own stores.
+//! Test fakes (feature `test-util`): in-memory discovery stores implementing the adapter
+//! traits, with read counters, and the HTTP routes a transport discovery serves over
+//! them. For tests, examples and benchmarks; production discoveries implement the
+//! traits over their own stores.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,4 +1,5 @@
-//! The HTTP push for discovery services that cannot link Rust: they PUT a key's FULL
+//! HTTP to DHT: the mirror API for discovery services that cannot link Rust (the opposite
+//! direction of [`crate::dht_to_http`]). They PUT a key's FULL
 //! value (or DELETE it) and the plugin signs with the configured mirror key. Every request
 //! carries `Authorization: Bearer <token>`; the listener is bound to loopback unless the
 //! operator explicitly allows otherwise (see [`crate::plugin::PushConfig`]).

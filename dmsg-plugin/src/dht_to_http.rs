@@ -1,5 +1,6 @@
-//! The pusher from the DHT back into an HTTP discovery, switchable per salt. As the seed
-//! decided, it is off for "tp" and "svc" (their DHT values are full lists, which the
+//! DHT to HTTP: the pusher that copies values stored in the DHT back into an HTTP
+//! discovery, switchable per salt (the opposite direction of [`crate::mirror_api`]). It
+//! is off for "tp" and "svc" (their DHT values are full lists, which the
 //! single-entry POST endpoints cannot take); it is useful for "dmsg", whose DHT value is
 //! exactly the entry the DMSG discovery accepts.
 
@@ -58,9 +59,10 @@ pub async fn run(node: Node, config: PusherConfig) {
             }
             Err(_) => return,
         };
-        let Some(store) = node.store() else { return };
-        let Ok(Some(stored)) = store.get(&target) else {
-            continue;
+        let stored = match node.with_store(move |s| s.get(&target)).await {
+            Ok(Some(Ok(Some(stored)))) => stored,
+            Ok(None) => return,
+            _ => continue,
         };
         let salt = String::from_utf8_lossy(&stored.item.salt).into_owned();
         let (Some(url), Some(value)) = (config.endpoints.get(&salt), stored.item.value()) else {

@@ -1,0 +1,327 @@
+//! The swarm task's event loop: commands from the node, swarm events, and a periodic
+//! tick that refreshes the routing view, trims connections over the budget, stops
+//! abandoned lookups and drives the liveness probes.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::kad::{self, QueryId};
+use libp2p::request_response::OutboundRequestId;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{identify, ping, Multiaddr, PeerId, Swarm};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info};
+
+use super::rate_limit::RateLimiter;
+use super::transport::{Behaviour, BehaviourEvent};
+use super::{Command, PeerList};
+use crate::config::NodeConfig;
+use crate::connections::ConnectionBudget;
+use crate::events::NodeEvent;
+use crate::inbound::Inbound;
+use crate::liveness::Change;
+use crate::metrics::RequestLabels;
+use crate::protocol::{ResponseFrame, KAD_PROTOCOL};
+use crate::routing::is_dialable;
+use crate::state::NodeState;
+use crate::NodeError;
+
+/// A new connection is never trimmed before it is this old (a lookup needs it first).
+const CONNECTION_GRACE: Duration = Duration::from_secs(2);
+
+/// The swarm event loop.
+pub(crate) struct Driver {
+    pub(super) swarm: Swarm<Behaviour>,
+    pub(super) commands: mpsc::Receiver<Command>,
+    pub(super) self_tx: mpsc::Sender<Command>,
+    pub(super) state: Arc<NodeState>,
+    pub(super) inbound: Option<Arc<Inbound>>,
+    pub(super) lookups: HashMap<QueryId, oneshot::Sender<PeerList>>,
+    pub(super) requests:
+        HashMap<OutboundRequestId, oneshot::Sender<Result<ResponseFrame, NodeError>>>,
+    pub(super) limiter: RateLimiter,
+    pub(super) max_per_range: Option<usize>,
+    pub(super) range_includes_loopback: bool,
+    pub(super) view_dirty: bool,
+    pub(super) budget: ConnectionBudget,
+    /// The remote IP of each connected peer (for per-range budgets).
+    pub(super) remote_ips: HashMap<PeerId, std::net::IpAddr>,
+    /// Inbound requests being handled, per peer.
+    pub(super) handling: HashMap<PeerId, usize>,
+    /// Refusals held back before they are sent (see `item_requests`), per peer.
+    pub(super) held: HashMap<PeerId, usize>,
+    /// Connected peers that identified as kad servers (full nodes), in the routing
+    /// table or not (a full bucket leaves some out).
+    pub(super) servers: HashSet<PeerId>,
+}
+
+impl Driver {
+    /// Creates the driver.
+    pub(crate) fn new(
+        swarm: Swarm<Behaviour>,
+        commands: mpsc::Receiver<Command>,
+        self_tx: mpsc::Sender<Command>,
+        state: Arc<NodeState>,
+        inbound: Option<Arc<Inbound>>,
+        config: &NodeConfig,
+    ) -> Self {
+        let mut swarm = swarm;
+        if let Some(inbound) = &inbound {
+            // A full node serves its items as kad records, once caught up (as the item
+            // protocol's get does).
+            let view = state.clone();
+            swarm
+                .behaviour_mut()
+                .kad
+                .store_mut()
+                .attach(inbound.store.clone(), Arc::new(move || view.caught_up()));
+        }
+        Driver {
+            swarm,
+            commands,
+            self_tx,
+            state,
+            inbound,
+            lookups: HashMap::new(),
+            requests: HashMap::new(),
+            limiter: RateLimiter::new(config.rate_limit, config.max_message_len() as f64),
+            max_per_range: config.max_peers_per_ip_range,
+            range_includes_loopback: config.ip_range_limit_loopback,
+            view_dirty: true,
+            budget: ConnectionBudget::new(config.max_connected_peers, CONNECTION_GRACE),
+            remote_ips: HashMap::new(),
+            handling: HashMap::new(),
+            held: HashMap::new(),
+            servers: HashSet::new(),
+        }
+    }
+
+    /// Whether `peer` is a stranger: neither in the routing table nor identified as a
+    /// full node. Strangers get smaller rate limits and in-flight caps.
+    pub(super) fn is_stranger(&self, peer: &PeerId) -> bool {
+        !self.servers.contains(peer) && self.state.view.addresses(peer).is_empty()
+    }
+
+    /// Runs until shutdown.
+    pub(crate) async fn run(mut self) {
+        let mut refresh = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                cmd = self.commands.recv() => match cmd {
+                    None | Some(Command::Shutdown) => break,
+                    Some(cmd) => self.on_command(cmd),
+                },
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                _ = refresh.tick() => {
+                    if self.view_dirty {
+                        self.refresh_view();
+                    }
+                    self.trim_connections();
+                    self.finish_abandoned_lookups();
+                    self.check_liveness();
+                    self.state
+                        .metrics
+                        .connected_peers
+                        .set(self.swarm.connected_peers().count() as i64);
+                }
+            }
+        }
+        debug!("swarm task stopped");
+    }
+
+    /// Re-dials suspected peers whose backoff elapsed, and declares dead those whose
+    /// outage lasted `dead_after`: they leave the routing table (their items are
+    /// re-replicated by maintenance) and are still re-dialled, less often.
+    fn check_liveness(&mut self) {
+        let now = Instant::now();
+        for (peer, addrs) in self.state.liveness.due_redials(now) {
+            self.redial(peer, addrs);
+        }
+        for peer in self.state.liveness.newly_dead(now) {
+            info!(%peer, "peer declared dead: leaving the routing table");
+            self.swarm.behaviour_mut().kad.remove_peer(&peer);
+            self.view_dirty = true;
+            self.refresh_view();
+            self.state.metrics.peers_declared_dead.inc();
+            self.state.emit(NodeEvent::PeerDeparted(peer));
+        }
+    }
+
+    pub(super) fn redial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            debug!(%peer, error = %e, "re-dial not started");
+        }
+    }
+
+    /// A dial or request to `peer` failed: suspect it.
+    pub(super) fn suspect(&mut self, peer: PeerId, why: &str) {
+        let addrs = self.state.view.addresses(&peer);
+        if addrs.is_empty() && !self.state.liveness.is_down(&peer) {
+            // Not a routing-table peer (a client, a one-off dial): nothing to track.
+            return;
+        }
+        if self.state.liveness.failed(peer, addrs, Instant::now()) == Change::Suspected {
+            debug!(%peer, why, "peer suspected");
+            self.state.metrics.peers_suspected.inc();
+            self.state.emit(NodeEvent::PeerSuspected(peer));
+        }
+    }
+
+    /// `peer` answered or connected: clear any suspicion.
+    pub(super) fn heard_from(&mut self, peer: PeerId) {
+        if let Change::Returned { was_dead } = self.state.liveness.alive(&peer) {
+            info!(%peer, was_dead, "peer is back");
+            self.state.emit(NodeEvent::PeerReturned(peer));
+        }
+    }
+
+    /// Disconnects the least recently used peers while over the connection budget.
+    pub(super) fn trim_connections(&mut self) {
+        for peer in self.budget.over_budget(Instant::now()) {
+            debug!(%peer, "connection budget: disconnecting least recently used peer");
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
+    /// Stops the kad queries whose caller went away (a get answered before its lookup
+    /// finished), so they stop costing requests.
+    fn finish_abandoned_lookups(&mut self) {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        self.lookups.retain(|id, reply| {
+            if reply.is_closed() {
+                if let Some(mut query) = kad.query_mut(id) {
+                    query.finish();
+                }
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Counts a finished query's kad requests in the metrics.
+    pub(super) fn count_kad_requests(&self, last: bool, stats: &kad::QueryStats) {
+        if last {
+            self.state
+                .metrics
+                .outbound_requests
+                .get_or_create(&RequestLabels {
+                    kind: "find_node".into(),
+                })
+                .inc_by(u64::from(stats.num_requests()));
+        }
+    }
+
+    pub(super) fn refresh_view(&mut self) {
+        let mut peers = HashMap::new();
+        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+            for e in bucket.iter() {
+                peers.insert(
+                    *e.node.key.preimage(),
+                    e.node.value.iter().cloned().collect(),
+                );
+            }
+        }
+        self.state
+            .metrics
+            .routing_table_peers
+            .set(peers.len() as i64);
+        self.state.view.replace(peers);
+        self.view_dirty = false;
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.on_kad(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) if info.protocols.contains(&KAD_PROTOCOL) => {
+                // Only peers serving kad (full nodes) enter the routing table; a client
+                // node learns full nodes' addresses the same way for its own lookups.
+                for addr in info.listen_addrs.into_iter().filter(is_dialable) {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+                // Known at once as a full node (its hand-offs are not a stranger's).
+                self.servers.insert(peer_id);
+                self.refresh_view();
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(_)) => {}
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(_),
+                ..
+            })) => self.heard_from(peer),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(_)) => {}
+            SwarmEvent::Behaviour(BehaviourEvent::Blocked(never)) => match never {},
+            SwarmEvent::Behaviour(BehaviourEvent::Items(e)) => self.on_items(e),
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(%address, "listening");
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                if let Some(ip) = ip_of(endpoint.get_remote_address()) {
+                    self.remote_ips.insert(peer_id, ip);
+                }
+                self.budget.established(peer_id, Instant::now());
+                self.heard_from(peer_id);
+                self.trim_connections();
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                cause,
+                ..
+            } => {
+                self.budget.closed(&peer_id);
+                if num_established == 0 {
+                    self.limiter.forget(&peer_id);
+                    self.servers.remove(&peer_id);
+                    self.remote_ips.remove(&peer_id);
+                    // Closed by an error (a crashed or cut-off peer), not by an idle
+                    // timeout or the budget: suspect it and probe it at once; a probe
+                    // that connects clears the suspicion within a round trip.
+                    if let Some(error) = cause {
+                        let addrs = self.state.view.addresses(&peer_id);
+                        if !addrs.is_empty() {
+                            debug!(peer = %peer_id, %error, "connection lost");
+                            self.suspect(peer_id, "connection lost");
+                            self.redial(peer_id, addrs);
+                        }
+                    }
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                debug!(?peer_id, %error, "outgoing connection failed");
+                if let Some(peer) = peer_id {
+                    if !matches!(
+                        error,
+                        libp2p::swarm::DialError::DialPeerConditionFalse(_)
+                            | libp2p::swarm::DialError::Aborted
+                    ) {
+                        self.suspect(peer, "dial failed");
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The IP of an address, if it has one.
+fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
+    addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::Ip4(ip) => Some(ip.into()),
+        libp2p::multiaddr::Protocol::Ip6(ip) => Some(ip.into()),
+        _ => None,
+    })
+}

@@ -1,0 +1,185 @@
+//! Per-peer token buckets for inbound requests: one counting requests, one counting the
+//! bytes they carry. A request is let through only if both buckets have room. Peers
+//! outside the routing table (visors, command-line clients, strangers) get a twentieth
+//! of a full node's rates and bursts: enough for a client, little for a flood.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use libp2p::PeerId;
+
+use crate::config::RateLimit;
+
+/// A token bucket.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn take(&mut self, cost: f64, per_second: f64, burst: f64, now: Instant) -> bool {
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * per_second).min(burst);
+        self.last = now;
+        if self.tokens >= cost {
+            self.tokens -= cost;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// How many times smaller a stranger's rates and bursts are than a full node's.
+const STRANGER_SHARE: f64 = 20.0;
+
+/// The limit of a peer outside the routing table, derived from a full node's: a
+/// twentieth of the rates and bursts, with room for at least one request of the largest
+/// value (the byte burst never drops below `min_burst_bytes`).
+pub(super) fn stranger_limit(l: RateLimit, min_burst_bytes: f64) -> RateLimit {
+    RateLimit {
+        per_second: l.per_second / STRANGER_SHARE,
+        burst: (l.burst / STRANGER_SHARE).max(1.0),
+        bytes_per_second: l.bytes_per_second / STRANGER_SHARE,
+        burst_bytes: (l.burst_bytes / STRANGER_SHARE).max(min_burst_bytes.min(l.burst_bytes)),
+    }
+}
+
+/// The buckets of every peer.
+pub(super) struct RateLimiter {
+    limit: RateLimit,
+    stranger: RateLimit,
+    buckets: HashMap<PeerId, (Bucket, Bucket)>,
+}
+
+impl RateLimiter {
+    /// Full nodes get `limit`; strangers [`stranger_limit`] of it.
+    pub(super) fn new(limit: RateLimit, min_burst_bytes: f64) -> Self {
+        RateLimiter {
+            limit,
+            stranger: stranger_limit(limit, min_burst_bytes),
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Whether `peer` (a stranger, or a full node of the routing table) may send one
+    /// more request of `bytes` now.
+    pub(super) fn allow(&mut self, peer: PeerId, bytes: usize, stranger: bool) -> bool {
+        self.allow_at(peer, bytes, stranger, Instant::now())
+    }
+
+    fn allow_at(&mut self, peer: PeerId, bytes: usize, stranger: bool, now: Instant) -> bool {
+        let l = if stranger { self.stranger } else { self.limit };
+        let full = |tokens| Bucket { tokens, last: now };
+        let (requests, volume) = self
+            .buckets
+            .entry(peer)
+            .or_insert((full(l.burst), full(l.burst_bytes)));
+        // Check both before taking from either.
+        let mut r = *requests;
+        let mut v = *volume;
+        if r.take(1.0, l.per_second, l.burst, now)
+            && v.take(bytes as f64, l.bytes_per_second, l.burst_bytes, now)
+        {
+            *requests = r;
+            *volume = v;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Drops a disconnected peer's buckets.
+    pub(super) fn forget(&mut self, peer: &PeerId) {
+        self.buckets.remove(peer);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn the_rate_limiter_counts_requests_and_bytes() {
+        let mut l = RateLimiter::new(
+            RateLimit {
+                per_second: 0.0,
+                burst: 10.0,
+                bytes_per_second: 0.0,
+                burst_bytes: 1_000.0,
+            },
+            0.0,
+        );
+        let p = PeerId::random();
+        // Bytes run out first: 4 x 256 > 1,000.
+        assert!(l.allow(p, 256, false));
+        assert!(l.allow(p, 256, false));
+        assert!(l.allow(p, 256, false));
+        assert!(!l.allow(p, 256, false));
+        // A refused request takes nothing: a small one still fits.
+        assert!(l.allow(p, 100, false));
+        // Another peer has its own buckets.
+        assert!(l.allow(PeerId::random(), 900, false));
+    }
+
+    #[test]
+    fn buckets_refill_at_their_rate_up_to_the_burst() {
+        let mut l = RateLimiter::new(
+            RateLimit {
+                per_second: 2.0,
+                burst: 2.0,
+                bytes_per_second: 1e9,
+                burst_bytes: 1e9,
+            },
+            0.0,
+        );
+        let p = PeerId::random();
+        let t0 = Instant::now();
+        assert!(l.allow_at(p, 1, false, t0));
+        assert!(l.allow_at(p, 1, false, t0));
+        assert!(!l.allow_at(p, 1, false, t0));
+        // Half a second refills one request.
+        let t1 = t0 + Duration::from_millis(500);
+        assert!(l.allow_at(p, 1, false, t1));
+        assert!(!l.allow_at(p, 1, false, t1));
+        // A long pause refills no more than the burst.
+        let t2 = t1 + Duration::from_secs(60);
+        assert!(l.allow_at(p, 1, false, t2));
+        assert!(l.allow_at(p, 1, false, t2));
+        assert!(!l.allow_at(p, 1, false, t2));
+        // Forgetting a peer gives it full buckets again.
+        l.forget(&p);
+        assert!(l.allow_at(p, 1, false, t2));
+    }
+
+    #[test]
+    fn strangers_get_a_twentieth_with_room_for_one_largest_value() {
+        let full = RateLimit::default();
+        let s = stranger_limit(full, 1.1e6);
+        assert_eq!(s.per_second, full.per_second / 20.0);
+        assert_eq!(s.burst, full.burst / 20.0);
+        assert!(s.burst_bytes >= 1.1e6);
+        let mut l = RateLimiter::new(
+            RateLimit {
+                per_second: 0.0,
+                burst: 40.0,
+                bytes_per_second: 0.0,
+                burst_bytes: 1e9,
+            },
+            0.0,
+        );
+        let (stranger, node) = (PeerId::random(), PeerId::random());
+        let t = Instant::now();
+        assert_eq!(
+            (0..40).filter(|_| l.allow_at(stranger, 1, true, t)).count(),
+            2
+        );
+        assert_eq!(
+            (0..40).filter(|_| l.allow_at(node, 1, false, t)).count(),
+            40
+        );
+    }
+}

@@ -1,0 +1,296 @@
+//! The node API: a running [`Node`] and its accessors. The queries live beside it, one
+//! file each: [`crate::put`], [`crate::get`] (and [`crate::repair`]); start-up in
+//! [`start`], the builder in [`builder`], shutdown in [`shutdown`].
+
+mod builder;
+mod shutdown;
+mod start;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use dht_core::store::RecordStore;
+use dht_core::{MutableItem, PutOptions, Target, Validator};
+use libp2p::{Multiaddr, PeerId};
+use parking_lot::Mutex;
+use tokio::sync::{broadcast, oneshot};
+use tokio::task::JoinHandle;
+use tracing::instrument;
+
+pub use builder::NodeBuilder;
+
+use crate::config::NodeConfig;
+use crate::events::NodeEvent;
+use crate::metrics::Metrics;
+use crate::network::{Client, Command};
+use crate::protocol::{PutItem, Request, Response};
+use crate::report::{NodeStats, ReplicaResult};
+use crate::state::NodeState;
+use crate::NodeError;
+
+/// A running DHT node. Cheap to clone; all clones drive the same node.
+#[derive(Clone)]
+pub struct Node {
+    pub(crate) inner: Arc<NodeInner>,
+}
+
+/// What the clones of a [`Node`] share.
+pub(crate) struct NodeInner {
+    pub peer_id: PeerId,
+    pub config: NodeConfig,
+    pub validator: Validator,
+    pub state: Arc<NodeState>,
+    pub client: Client,
+    pub tasks: Mutex<Vec<JoinHandle<()>>>,
+    pub listen_addrs: Vec<Multiaddr>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("peer_id", &self.inner.peer_id)
+            .field("mode", &self.inner.config.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// A builder with default configuration.
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder::default()
+    }
+
+    /// Refuses every connection to and from `peer` and closes the open ones (an operator
+    /// banning a hostile peer; tests cutting a network in two).
+    pub async fn block_peer(&self, peer: PeerId) -> Result<(), NodeError> {
+        self.inner.client.command(Command::Block(peer)).await
+    }
+
+    /// Lifts [`Node::block_peer`] and dials the peer again.
+    pub async fn unblock_peer(&self, peer: PeerId) -> Result<(), NodeError> {
+        self.inner.client.command(Command::Unblock(peer)).await
+    }
+
+    /// Peers currently suspected or declared dead (skipped by puts and gets).
+    pub fn peers_down(&self) -> Vec<PeerId> {
+        self.inner.state.liveness.down()
+    }
+
+    /// Whether the start-up catch-up has finished (until then reads do not trust the
+    /// local copy alone).
+    pub fn caught_up(&self) -> bool {
+        self.inner.state.caught_up()
+    }
+
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.peer_id
+    }
+
+    /// Addresses this node listens on (with the OS-chosen ports).
+    pub fn listen_addrs(&self) -> &[Multiaddr] {
+        &self.inner.listen_addrs
+    }
+
+    /// A dialable address with `/p2p/<peer id>`, for others to bootstrap from.
+    pub fn bootstrap_addr(&self) -> Option<Multiaddr> {
+        self.inner
+            .listen_addrs
+            .iter()
+            .find(|a| crate::routing::is_dialable(a))
+            .map(|a| {
+                a.clone()
+                    .with(libp2p::multiaddr::Protocol::P2p(self.inner.peer_id))
+            })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.inner.config
+    }
+
+    /// The rules this node applies.
+    pub fn validator(&self) -> &Validator {
+        &self.inner.validator
+    }
+
+    /// The local store (full nodes). From async code, prefer [`Node::with_store`]: store
+    /// calls block.
+    pub fn store(&self) -> Option<Arc<dyn RecordStore>> {
+        self.inner.state.store()
+    }
+
+    /// Runs `f` on the local store on the blocking pool, the async-safe way to read or
+    /// scan the store; `Ok(None)` when there is none (a client, or a node shut down).
+    pub async fn with_store<T, F>(&self, f: F) -> Result<Option<T>, NodeError>
+    where
+        F: FnOnce(&dyn RecordStore) -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.inner.state.with_store(f).await
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.state.metrics
+    }
+
+    /// Subscribes to node events.
+    pub fn subscribe(&self) -> broadcast::Receiver<NodeEvent> {
+        self.inner.state.events.subscribe()
+    }
+
+    /// Peers currently in the routing table with their addresses.
+    pub fn routing_table(&self) -> HashMap<PeerId, Vec<Multiaddr>> {
+        self.inner.state.view.snapshot()
+    }
+
+    /// A snapshot of the node's state.
+    pub async fn stats(&self) -> Result<NodeStats, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .client
+            .command(Command::ConnectedPeers(tx))
+            .await?;
+        let connected_peers = rx.await.map_err(|_| NodeError::Shutdown)?;
+        let store_stats = self
+            .with_store(|s| s.stats())
+            .await?
+            .transpose()?
+            .unwrap_or_default();
+        Ok(NodeStats {
+            peer_id: self.inner.peer_id.to_string(),
+            mode: self.inner.config.mode,
+            routing_table_peers: self.inner.state.view.len(),
+            connected_peers,
+            items_stored: store_stats.items,
+            store_bytes: store_stats.bytes,
+            listen_addrs: self
+                .inner
+                .listen_addrs
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+        })
+    }
+
+    /// Iterative lookup of the peers closest to `target` (nearest first).
+    #[instrument(skip(self), fields(%target))]
+    pub async fn closest_peers(&self, target: Target) -> Result<Vec<PeerId>, NodeError> {
+        Ok(self
+            .inner
+            .client
+            .lookup(target)
+            .await?
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect())
+    }
+
+    /// The local store, if this node is a full node among the nodes responsible for
+    /// `target` (a node outside that set may hold an outdated copy).
+    pub(crate) fn responsible_store(&self, target: &Target) -> Option<Arc<dyn RecordStore>> {
+        let store = self.store()?;
+        let me = self.inner.peer_id;
+        self.inner
+            .state
+            .view
+            .responsible(target, self.inner.config.replication, me, &[])
+            .contains(&me)
+            .then_some(store)
+    }
+
+    /// Stores a verified item in the local store and says what happened.
+    pub(crate) async fn store_locally(
+        &self,
+        verified: dht_core::VerifiedItem,
+        opts: PutOptions,
+    ) -> Result<ReplicaResult, NodeError> {
+        let target = verified.target();
+        let item = verified.item().clone();
+        let Some(r) = self.with_store(move |s| s.put(verified, opts)).await? else {
+            return Err(NodeError::Shutdown);
+        };
+        Ok(match r {
+            Ok(a) => {
+                self.inner.state.emit(NodeEvent::ItemStored {
+                    target,
+                    seq: item.seq,
+                    tombstone: item.is_tombstone(),
+                });
+                self.metrics().count_put(&item.salt, Ok(a));
+                ReplicaResult::Stored(a)
+            }
+            Err(dht_core::StoreError::Rejected(r)) => {
+                self.metrics().count_put(&item.salt, Err(r.code()));
+                ReplicaResult::Rejected {
+                    code: r.code(),
+                    detail: r.to_string(),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        })
+    }
+
+    /// Sends an item to one peer as it is and returns what the peer did.
+    pub(crate) async fn send_item(
+        &self,
+        peer: PeerId,
+        item: &MutableItem,
+        opts: PutOptions,
+    ) -> ReplicaResult {
+        let request = Request::put([PutItem {
+            item: item.clone(),
+            opts,
+        }]);
+        let frame = match self.inner.client.send(peer, request.into()).await {
+            Ok(frame) => frame,
+            Err(e) => return ReplicaResult::Failed(e.to_string()),
+        };
+        match Response::decode(frame, self.inner.client.limits()) {
+            Ok(Response::Put(results)) => match results.into_iter().next() {
+                Some(r) => r.into(),
+                None => ReplicaResult::Failed("empty put response".into()),
+            },
+            // A refusal of the whole request with a reason code (a frame over the limit
+            // is refused from its header) is a rejection; anything else is a failure.
+            Ok(Response::Refused(refusal)) => match refusal.reason() {
+                Some(code) => ReplicaResult::Rejected {
+                    code,
+                    detail: refusal.detail,
+                },
+                None => ReplicaResult::Failed(format!("{}: {}", refusal.code, refusal.detail)),
+            },
+            _ => ReplicaResult::Failed("unexpected response".into()),
+        }
+    }
+}
+
+/// Hooks for tests and tooling that probe what replicas accept (feature `test-util`).
+#[cfg(feature = "test-util")]
+impl Node {
+    /// One raw item-protocol request to one peer, with the request timeout, answered
+    /// as it came: tests put hostile frames on the wire with it. The typed API is
+    /// [`Node::put`], [`Node::get`] and friends.
+    pub async fn request(
+        &self,
+        peer: PeerId,
+        request: crate::protocol::RequestProto,
+    ) -> Result<crate::protocol::ResponseProto, NodeError> {
+        self.inner
+            .client
+            .send(peer, crate::protocol::ItemRequest::Message(request))
+            .await
+    }
+
+    /// Sends an item to one peer as it is, without validating it locally first, and
+    /// returns what the peer did.
+    pub async fn send_item_to(
+        &self,
+        peer: PeerId,
+        item: &MutableItem,
+        opts: PutOptions,
+    ) -> ReplicaResult {
+        self.send_item(peer, item, opts).await
+    }
+}

@@ -1,0 +1,218 @@
+//! Start-up: identity and store from the data directory, the swarm and its listeners,
+//! the shared state, the swarm task, joining the network, maintenance.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dht_core::store::{MemoryStore, RecordStore, RedbStore, StoreConfig};
+use dht_core::Validator;
+use libp2p::identity;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::{Node, NodeBuilder, NodeInner};
+use crate::admission::StrangerAdmission;
+use crate::config::NodeMode;
+use crate::data_dir::{check_store_file, load_or_create_keypair, store_epoch, STORE_FILE};
+use crate::inbound::Inbound;
+use crate::liveness::Liveness;
+use crate::maintenance::{self, Maintenance};
+use crate::metrics::Metrics;
+use crate::network::{build_swarm, listen, Client, Command, Driver};
+use crate::protocol::decode_limits;
+use crate::routing::load_peers;
+use crate::state::{NodeState, PEERS_FILE};
+use crate::NodeError;
+
+/// How long a dead peer is still re-dialled (with backoff) before it is forgotten.
+const FORGET_DEAD_AFTER: Duration = Duration::from_secs(6 * 60 * 60);
+
+/// Commands queued for the swarm task at most.
+const COMMAND_QUEUE: usize = 4096;
+
+/// Extra bootstrap rounds after joining, seconds apart (see [`Node::join`]).
+const EARLY_BOOTSTRAP_ROUNDS: [u64; 4] = [1, 3, 10, 30];
+/// Seconds between bootstrap rounds after the early ones.
+const PERIODIC_BOOTSTRAP_SECS: u64 = 5 * 60;
+
+impl Node {
+    pub(super) async fn start(builder: NodeBuilder) -> Result<Node, NodeError> {
+        let NodeBuilder {
+            config,
+            keypair,
+            store,
+        } = builder;
+        if let Some(dir) = &config.data_dir {
+            std::fs::create_dir_all(dir)?;
+        }
+        let keypair = match (keypair, &config.data_dir) {
+            (Some(k), _) => k,
+            (None, Some(dir)) => load_or_create_keypair(dir)?,
+            (None, None) => identity::Keypair::generate_ed25519(),
+        };
+        let peer_id = keypair.public().to_peer_id();
+        let validator = Validator::new(config.policy.clone());
+        if let (Some(dir), NodeMode::Full) = (&config.data_dir, config.mode) {
+            check_store_file(dir, config.repair_store)?;
+        }
+        let epoch = match &config.data_dir {
+            Some(dir) => store_epoch(dir)?,
+            None => rand::random(),
+        };
+        let store: Option<Arc<dyn RecordStore>> = match (config.mode, store) {
+            (NodeMode::Client, _) => None,
+            (NodeMode::Full, Some(s)) => Some(s),
+            (NodeMode::Full, None) => {
+                let store_config = StoreConfig {
+                    validator: validator.clone(),
+                    limits: config.store_limits,
+                    ..StoreConfig::default()
+                };
+                Some(match &config.data_dir {
+                    Some(dir) => Arc::new(
+                        RedbStore::open(dir.join(STORE_FILE), store_config)
+                            .map_err(|e| NodeError::from_store_open(dir.join(STORE_FILE), e))?,
+                    ),
+                    None => Arc::new(MemoryStore::new(store_config)),
+                })
+            }
+        };
+
+        let metrics = Metrics::new();
+        let mut swarm = build_swarm(keypair, &config, &metrics)?;
+        for addr in &config.external_addresses {
+            swarm.add_external_address(addr.clone());
+        }
+        let listen_addrs = listen(&mut swarm, &config.listen).await?;
+
+        let store_is_empty = match &store {
+            Some(s) => s.stats()?.items == 0,
+            None => true,
+        };
+        // A client has nothing to catch up; a full node reads from others until its
+        // catch-up finished. An empty store has no stale copy to serve.
+        let caught_up = config.mode == NodeMode::Client || store_is_empty;
+        let state = Arc::new(NodeState::new(
+            metrics,
+            Liveness::new(config.dead_after, FORGET_DEAD_AFTER),
+            store.clone(),
+            caught_up,
+        ));
+        let limits = decode_limits(validator.policy());
+        let inbound = store.map(|store| {
+            Arc::new(Inbound {
+                store,
+                validator: validator.clone(),
+                limits,
+                state: state.clone(),
+                local: peer_id,
+                replication: config.replication,
+                max_message_len: config.max_message_len(),
+                epoch,
+                strangers: StrangerAdmission::new(
+                    config.stranger_items_per_peer,
+                    config.stranger_items_per_range,
+                    config.stranger_bytes,
+                ),
+            })
+        });
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let driver = Driver::new(swarm, rx, tx.clone(), state.clone(), inbound, &config);
+        let driver_task = tokio::spawn(driver.run());
+        let client = Client::new(
+            tx,
+            state.clone(),
+            limits,
+            config.request_timeout,
+            config.lookup_timeout,
+        );
+
+        let node = Node {
+            inner: Arc::new(NodeInner {
+                peer_id,
+                config,
+                validator,
+                state,
+                client,
+                tasks: Mutex::new(vec![driver_task]),
+                listen_addrs,
+            }),
+        };
+        info!(peer_id = %node.peer_id(), mode = ?node.inner.config.mode, "node started");
+        node.join().await?;
+        if node.store().is_some() {
+            let handle = Maintenance {
+                local: node.peer_id(),
+                config: node.inner.config.clone(),
+                validator: node.inner.validator.clone(),
+                state: node.inner.state.clone(),
+                client: node.inner.client.clone(),
+            };
+            let task = tokio::spawn(maintenance::run(Arc::new(handle)));
+            node.inner.tasks.lock().push(task);
+        }
+        Ok(node)
+    }
+
+    /// Adds saved and bootstrap peers and starts a kad bootstrap.
+    async fn join(&self) -> Result<(), NodeError> {
+        let client = &self.inner.client;
+        let mut known = 0;
+        if let Some(dir) = &self.inner.config.data_dir {
+            match load_peers(&dir.join(PEERS_FILE)) {
+                Ok(peers) => {
+                    for (peer, addrs) in peers {
+                        for addr in addrs {
+                            client.command(Command::AddPeer(peer, addr)).await?;
+                            known += 1;
+                        }
+                    }
+                }
+                Err(e) => warn!(error = %e, "ignoring unreadable saved routing table"),
+            }
+        }
+        for addr in self.inner.config.bootstrap.clone() {
+            let peer = addr.iter().find_map(|p| match p {
+                libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+                _ => None,
+            });
+            match peer {
+                Some(peer) if peer != self.inner.peer_id => {
+                    client.command(Command::AddPeer(peer, addr.clone())).await?;
+                    known += 1;
+                }
+                Some(_) => {}
+                None => client.command(Command::Dial(addr.clone())).await?,
+            }
+        }
+        let early: &[u64] = if known == 0 {
+            // The first node of a network: its (empty) table is the whole membership.
+            self.inner.state.set_bootstrapped();
+            &[]
+        } else {
+            info!(known, "joining the network");
+            client.command(Command::Bootstrap).await?;
+            &EARLY_BOOTSTRAP_ROUNDS
+        };
+        // Nodes joining at the same time may each miss the other in their first round
+        // (the peer they asked had not yet added the other): a few early rounds, then one
+        // every 5 minutes (kad's own periodic bootstrap is off: it warns "No known peers"
+        // on a lone bootstrap node; a round with an empty routing table is skipped quietly).
+        let client = client.clone();
+        let early = early.to_vec();
+        let rounds = tokio::spawn(async move {
+            for secs in early
+                .into_iter()
+                .chain(std::iter::repeat(PERIODIC_BOOTSTRAP_SECS))
+            {
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+                if client.command(Command::Bootstrap).await.is_err() {
+                    return;
+                }
+            }
+        });
+        self.inner.tasks.lock().push(rounds);
+        Ok(())
+    }
+}

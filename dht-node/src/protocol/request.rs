@@ -1,0 +1,145 @@
+//! The typed requests of the item protocol and their wire form.
+
+use bytes::Bytes;
+use dht_core::wire::DecodeLimits;
+use dht_core::{Cas, MutableItem, PutOptions, ReasonCode, Rejection, Target};
+
+use super::wire::{self, request_proto};
+use super::{envelope_proto, Decoded, ItemRequest, Refusal};
+
+/// One item to store, with its put options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PutItem {
+    /// The item.
+    pub item: MutableItem,
+    /// Compare-and-swap and the deadline it carries.
+    pub opts: PutOptions,
+}
+
+/// Sync: the items changed after `since` (the responder's change sequence) that the
+/// requester is responsible for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SyncRequest {
+    /// Cursor: responder-local change sequence, exclusive.
+    pub since: u64,
+    /// Most items in the answer.
+    pub limit: u32,
+    /// Only items with this salt (empty: all salts).
+    pub salt: Bytes,
+}
+
+/// A request of the item protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Request {
+    /// Store items (in request order; each decoded on its own).
+    Put(Vec<Decoded<PutItem>>),
+    /// Read the item at a target.
+    Get(Target),
+    /// A page of changes.
+    Sync(SyncRequest),
+}
+
+impl Request {
+    /// A put of `items`.
+    pub fn put(items: impl IntoIterator<Item = PutItem>) -> Self {
+        Request::Put(items.into_iter().map(Ok).collect())
+    }
+
+    /// Decodes a request read from the wire. A request without a kind, or a get of
+    /// other than 32 target bytes, is refused as a whole (`malformed`); a put item that
+    /// does not decode is carried as its rejection.
+    pub fn decode(frame: ItemRequest, limits: &DecodeLimits) -> Result<Self, Refusal> {
+        let frame = match frame {
+            ItemRequest::Message(m) => m,
+            ItemRequest::Oversized { len, limit } => {
+                return Err(Refusal::new(
+                    ReasonCode::TooLarge.as_str(),
+                    format!("message of {len} bytes exceeds the limit of {limit}"),
+                ))
+            }
+        };
+        match frame.kind {
+            Some(request_proto::Kind::Put(p)) => Ok(Request::Put(
+                p.items
+                    .into_iter()
+                    .map(|i| decode_put_item(i, limits))
+                    .collect(),
+            )),
+            Some(request_proto::Kind::Get(g)) => Target::from_slice(&g.target)
+                .map(Request::Get)
+                .ok_or_else(|| Refusal::new(Refusal::MALFORMED, "target must be 32 bytes")),
+            Some(request_proto::Kind::Sync(s)) => Ok(Request::Sync(SyncRequest {
+                since: s.since,
+                limit: s.limit,
+                salt: s.salt,
+            })),
+            None => Err(Refusal::new(Refusal::MALFORMED, "empty request")),
+        }
+    }
+}
+
+impl From<Request> for wire::RequestProto {
+    fn from(request: Request) -> Self {
+        let kind = match request {
+            Request::Put(items) => request_proto::Kind::Put(wire::PutRequestProto {
+                items: items
+                    .iter()
+                    .map(|i| match i {
+                        Ok(i) => put_item_proto(i),
+                        // Only a decoded request carries a rejected item, and the node
+                        // never sends one on: it goes as an empty (malformed) item.
+                        Err(_) => wire::PutItemProto::default(),
+                    })
+                    .collect(),
+            }),
+            Request::Get(target) => request_proto::Kind::Get(wire::GetRequestProto {
+                target: Bytes::copy_from_slice(target.as_bytes()),
+            }),
+            Request::Sync(s) => request_proto::Kind::Sync(wire::SyncRequestProto {
+                since: s.since,
+                limit: s.limit,
+                salt: s.salt,
+            }),
+        };
+        wire::RequestProto { kind: Some(kind) }
+    }
+}
+
+impl From<Request> for ItemRequest {
+    fn from(request: Request) -> Self {
+        ItemRequest::Message(request.into())
+    }
+}
+
+fn put_item_proto(p: &PutItem) -> wire::PutItemProto {
+    let (cas_kind, cas_seq) = match p.opts.cas {
+        None => (0, 0),
+        Some(Cas::Absent) => (1, 0),
+        Some(Cas::Seq(s)) => (2, s),
+    };
+    wire::PutItemProto {
+        envelope: Some(envelope_proto(&p.item, p.opts.expires_at_ms)),
+        cas_kind,
+        cas_seq,
+    }
+}
+
+fn decode_put_item(p: wire::PutItemProto, limits: &DecodeLimits) -> Decoded<PutItem> {
+    let env = p
+        .envelope
+        .ok_or_else(|| Rejection::Malformed("put without item".into()))?
+        .into_envelope(limits)?;
+    let cas = match p.cas_kind {
+        0 => None,
+        1 => Some(Cas::Absent),
+        2 => Some(Cas::Seq(p.cas_seq)),
+        k => return Err(Rejection::Malformed(format!("unknown cas kind {k}"))),
+    };
+    Ok(PutItem {
+        item: env.item,
+        opts: PutOptions {
+            cas,
+            expires_at_ms: env.expires_at_ms,
+        },
+    })
+}

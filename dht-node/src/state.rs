@@ -1,0 +1,127 @@
+//! The node's shared state: what the swarm task, the queries, the inbound handler and
+//! maintenance all read (the routing view, liveness, whether catch-up finished), the
+//! event channel, the metrics, and the local store with its one async-safe access path
+//! ([`NodeState::with_store`]).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use dht_core::store::RecordStore;
+use parking_lot::RwLock;
+use tokio::sync::broadcast;
+
+use crate::events::NodeEvent;
+use crate::liveness::Liveness;
+use crate::metrics::Metrics;
+use crate::routing::{save_peers, RoutingView};
+use crate::NodeError;
+
+/// The saved routing table, inside the data directory.
+pub(crate) const PEERS_FILE: &str = "peers.json";
+
+/// State shared by every part of a running node.
+pub(crate) struct NodeState {
+    /// Snapshot of the routing table.
+    pub view: RoutingView,
+    /// Events for the host.
+    pub events: broadcast::Sender<NodeEvent>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Suspected and dead peers.
+    pub liveness: Liveness,
+    /// The local store (full nodes); taken at shutdown.
+    store: RwLock<Option<Arc<dyn RecordStore>>>,
+    /// Whether the start-up catch-up finished (until then the local copy alone answers
+    /// no read).
+    caught_up: AtomicBool,
+    /// Whether a bootstrap round finished (or there was nobody to bootstrap from): from
+    /// then on a routing table smaller than `k` is taken as the whole membership, and
+    /// queries answer from it without waiting for their lookup.
+    bootstrapped: AtomicBool,
+}
+
+impl NodeState {
+    /// The state of a node starting with `store`; `caught_up` when there is nothing to
+    /// catch up on (a client, or an empty store with no stale copy to serve).
+    pub fn new(
+        metrics: Metrics,
+        liveness: Liveness,
+        store: Option<Arc<dyn RecordStore>>,
+        caught_up: bool,
+    ) -> Self {
+        let (events, _) = broadcast::channel(1024);
+        NodeState {
+            view: RoutingView::default(),
+            events,
+            metrics,
+            liveness,
+            store: RwLock::new(store),
+            caught_up: AtomicBool::new(caught_up),
+            bootstrapped: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the start-up catch-up has finished.
+    pub fn caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire)
+    }
+
+    /// Records that the start-up catch-up finished: reads trust the local copy.
+    pub fn set_caught_up(&self) {
+        self.caught_up.store(true, Ordering::Release);
+    }
+
+    /// Whether the routing table, if smaller than `k`, holds the whole membership: a
+    /// bootstrap round has finished.
+    pub fn table_is_membership(&self) -> bool {
+        self.bootstrapped.load(Ordering::Acquire)
+    }
+
+    /// Records that a bootstrap round finished (or that there is nobody to ask).
+    pub fn set_bootstrapped(&self) {
+        self.bootstrapped.store(true, Ordering::Release);
+    }
+
+    /// Sends an event to every subscriber (none listening is fine).
+    pub fn emit(&self, event: NodeEvent) {
+        let _ = self.events.send(event);
+    }
+
+    /// The local store, while the node runs (full nodes).
+    pub fn store(&self) -> Option<Arc<dyn RecordStore>> {
+        self.store.read().clone()
+    }
+
+    /// Takes the store out (shutdown): new work no longer finds it.
+    pub fn take_store(&self) -> Option<Arc<dyn RecordStore>> {
+        self.store.write().take()
+    }
+
+    /// Runs `f` on the local store on the blocking pool: the path async code takes to
+    /// the store (a read, a scan, a write), so that no store access stalls a reactor
+    /// thread. `Ok(None)` when there is no store (a client, or a node shut down).
+    pub async fn with_store<T, F>(&self, f: F) -> Result<Option<T>, NodeError>
+    where
+        F: FnOnce(&dyn RecordStore) -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let Some(store) = self.store() else {
+            return Ok(None);
+        };
+        let r = tokio::task::spawn_blocking(move || f(&*store)).await?;
+        Ok(Some(r))
+    }
+
+    /// Saves the routing table into `data_dir` (an empty table is not saved: it would
+    /// replace a useful one).
+    pub fn save_routing_table(&self, data_dir: Option<&Path>) -> Result<(), NodeError> {
+        if let Some(dir) = data_dir {
+            let peers = self.view.snapshot();
+            if !peers.is_empty() {
+                save_peers(&dir.join(PEERS_FILE), &peers)?;
+            }
+        }
+        Ok(())
+    }
+}
