@@ -131,7 +131,7 @@ fn start_sidecar(
         toml.push_str(&format!("bootstrap = [{b:?}]\n"));
     }
     if push {
-        toml.push_str("push_listen = \"127.0.0.1:0\"\npush_token = \"bench-token-0123456789\"\n");
+        toml.push_str("[push]\nlisten = \"127.0.0.1:0\"\ntoken = \"bench-token-0123456789\"\n");
     }
     toml.push_str(&format!(
         "[mirror_keys]\ntp = {key_file:?}\n[authorized_publishers]\ntp = [\"{}\"]\n",

@@ -28,7 +28,7 @@ pub enum KeyError {
     #[error("key and signature are of different schemes")]
     SchemeMismatch,
     /// The bytes are not a point on the curve / a valid secret.
-    #[error("invalid key")]
+    #[error("invalid key: not a point of its curve (or not a valid secret key)")]
     InvalidKey,
     /// The signature does not verify.
     #[error("signature does not verify")]

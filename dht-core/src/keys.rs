@@ -90,6 +90,32 @@ impl PublicKey {
         Ok(key)
     }
 
+    /// Parses 64 (ed25519) or 66 (secp256k1) hex characters, refusing a key that is not
+    /// a point of its curve ([`PublicKey::check_point`]): what interfaces taking a key from
+    /// a user (HTTP, command line, configuration) accept.
+    pub fn parse_strict(s: &str) -> Result<Self, KeyError> {
+        if s.trim() != s {
+            return Err(KeyError::BadHex);
+        }
+        let key: PublicKey = s.parse()?;
+        key.check_point()?;
+        Ok(key)
+    }
+
+    /// Whether the key is a point of its curve (a secp256k1 key that decompresses, an
+    /// ed25519 key that decodes). An off-curve key can sign nothing; parsing from the wire
+    /// stays lenient (such a key fails verification) but user input is refused.
+    pub fn check_point(&self) -> Result<(), KeyError> {
+        match self {
+            PublicKey::Ed25519(b) => ed25519_dalek::VerifyingKey::from_bytes(b)
+                .map(drop)
+                .map_err(|_| KeyError::InvalidKey),
+            PublicKey::Secp256k1(b) => secp256k1::PublicKey::from_slice(b)
+                .map(drop)
+                .map_err(|_| KeyError::InvalidKey),
+        }
+    }
+
     /// The raw key bytes (32 or 33).
     pub fn as_bytes(&self) -> &[u8] {
         match self {

@@ -14,7 +14,9 @@ pub const FRAME_OVERHEAD: usize = 64 * 1024;
 pub const DEFAULT_PORT: u16 = 9480;
 
 /// Whether the node stores and routes for others.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeMode {
     /// Full node: in routing tables, stores items for others, answers queries.
@@ -57,6 +59,10 @@ pub struct NodeConfig {
     pub mode: NodeMode,
     /// Addresses to listen on.
     pub listen: Vec<Multiaddr>,
+    /// Addresses peers should dial this node at besides its listen addresses (a NAT's or
+    /// a container host's public address): advertised by identify, hence in the others'
+    /// routing tables.
+    pub external_addresses: Vec<Multiaddr>,
     /// Bootstrap peers (`/ip4/../tcp/../p2p/<peer id>`).
     pub bootstrap: Vec<Multiaddr>,
     /// Where the redb store, the node key and the saved routing table live. `None`: an
@@ -131,6 +137,7 @@ impl Default for NodeConfig {
                     .parse()
                     .expect("valid multiaddr"),
             ],
+            external_addresses: Vec::new(),
             bootstrap: Vec::new(),
             data_dir: None,
             policy: Policy::default(),

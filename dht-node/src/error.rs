@@ -13,10 +13,27 @@ pub enum NodeError {
     /// The local store failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
-    /// Setting up the transport or listening failed. The text names the address when
-    /// there is one (the `dht-node` binary names the OS cause from it).
+    /// Setting up the transport failed.
     #[error("transport: {0}")]
     Transport(String),
+    /// A listen address could not be bound (port in use, address not on this host, ...).
+    #[error("cannot listen on {addr}")]
+    Listen {
+        /// The address.
+        addr: libp2p::Multiaddr,
+        /// The operating system's cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another process (a node running on the same data directory) holds the store.
+    #[error(
+        "{} is locked by another process: is a node already running on this data directory?",
+        path.display()
+    )]
+    StoreInUse {
+        /// The store file.
+        path: std::path::PathBuf,
+    },
     /// A request to a peer failed (dial, timeout, stream, unsupported protocol).
     #[error("request failed: {0}")]
     Request(#[from] libp2p::request_response::OutboundFailure),
@@ -55,4 +72,36 @@ pub enum NodeError {
     /// in-memory testnet).
     #[error("config: {0}")]
     Config(&'static str),
+}
+
+impl NodeError {
+    /// A failed `listen_on`, with its cause kept as the error's source.
+    pub(crate) fn listen(
+        addr: &libp2p::Multiaddr,
+        e: libp2p::TransportError<std::io::Error>,
+    ) -> Self {
+        match e {
+            libp2p::TransportError::MultiaddrNotSupported(a) => NodeError::Listen {
+                addr: a,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    "no transport of this node takes this address",
+                ),
+            },
+            libp2p::TransportError::Other(source) => NodeError::Listen {
+                addr: addr.clone(),
+                source,
+            },
+        }
+    }
+
+    /// A store that failed to open: a lock held by another process names the file.
+    pub(crate) fn from_store_open(path: std::path::PathBuf, e: StoreError) -> Self {
+        match &e {
+            StoreError::Database(msg) if msg.contains("already open") => {
+                NodeError::StoreInUse { path }
+            }
+            _ => NodeError::Store(e),
+        }
+    }
 }

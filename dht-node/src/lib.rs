@@ -51,6 +51,7 @@ mod testnet;
 
 pub mod http;
 pub mod process;
+pub mod settings;
 
 pub use admission::Budget;
 pub use config::{NodeConfig, NodeMode, RateLimit, DEFAULT_PORT};

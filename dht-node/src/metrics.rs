@@ -65,10 +65,23 @@ pub struct GetLabels {
     pub mode: String,
 }
 
+/// The salts counted by name in `dht_items_accepted_by_salt_total`; every other salt (a
+/// publisher may invent any) is counted as "other", so the label set stays bounded.
+pub const KNOWN_SALTS: &[&str] = &["tp", "svc", "dmsg"];
+
+/// The `salt` label of a salt: its name when known, else "other".
+pub fn salt_label(salt: &[u8]) -> &'static str {
+    KNOWN_SALTS
+        .iter()
+        .find(|k| k.as_bytes() == salt)
+        .copied()
+        .unwrap_or("other")
+}
+
 /// Labels by salt.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SaltLabels {
-    /// The salt, lossily as text.
+    /// The salt: one of [`KNOWN_SALTS`] or "other".
     pub salt: String,
 }
 
@@ -327,7 +340,7 @@ impl Metrics {
             Ok(a) => {
                 self.items_accepted_by_salt
                     .get_or_create(&SaltLabels {
-                        salt: String::from_utf8_lossy(salt).into_owned(),
+                        salt: salt_label(salt).into(),
                     })
                     .inc();
                 ("accepted", crate::report::admission_name(a))

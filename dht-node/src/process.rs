@@ -4,7 +4,10 @@
 use std::io::IsTerminal;
 
 /// How logs are written on standard error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
     Text,
@@ -12,9 +15,46 @@ pub enum LogFormat {
     Json,
 }
 
+/// Set when logs are JSON: status lines then go through the log as events, so that every
+/// line on standard error is one JSON object.
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A status line on standard error ("peer id: ...", "listening: ..."): plain text, or an
+/// INFO event (ERROR for `error: ...`, WARN for `warning: ...`) when logs are JSON.
+pub fn status(line: &str) {
+    if JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Some(e) = line.strip_prefix("error: ") {
+            tracing::error!(target: "dht_node", "{e}");
+        } else if let Some(w) = line.strip_prefix("warning: ") {
+            tracing::warn!(target: "dht_node", "{w}");
+        } else {
+            tracing::info!(target: "dht_node", "{line}");
+        }
+    } else {
+        eprintln!("{line}");
+    }
+}
+
+/// [`status`] with `format!` arguments.
+#[macro_export]
+macro_rules! status {
+    ($($arg:tt)*) => {
+        $crate::process::status(&format!($($arg)*))
+    };
+}
+
 /// Logs on standard error: `RUST_LOG` filters (default `info,libp2p=warn`), colours only
-/// on a terminal.
+/// on a terminal; JSON (also for [`status`] lines) when `format` says so. Only the first
+/// call has an effect.
 pub fn init_logs(format: LogFormat) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| init_logs_once(format));
+}
+
+fn init_logs_once(format: LogFormat) {
+    if format == LogFormat::Json {
+        JSON_LOGS.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,libp2p=warn,libp2p_request_response=error")
     });

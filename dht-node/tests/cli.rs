@@ -271,7 +271,9 @@ fn nothing_listening_is_exit_2_and_no_peer_listed() {
             "--bootstrap",
             &dead,
             "--subject",
-            &format!("02{}", "ab".repeat(32)),
+            &dht_core::SigningKey::generate_secp256k1()
+                .public_key()
+                .to_hex(),
             "--salt",
             "tp",
             "--timeout",
@@ -592,7 +594,10 @@ fn http_get(url: &str) -> String {
 fn run_serves_metrics_and_health_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     // The documented example configuration, with the addresses and directory overridden.
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/dht-node.toml");
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/config/dht-node.toml"
+    );
     let mut child = Command::new(BIN)
         .args([
             "run",
@@ -652,6 +657,9 @@ fn run_serves_metrics_and_health_and_stops_cleanly_on_sigterm() {
     let status = child.wait().unwrap();
     assert!(status.success(), "exit {status:?}: {rest:?}");
     assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
+    // Its data stays in the data directory: the key and the store.
+    assert!(dir.path().join("items.redb").exists());
+    assert!(dir.path().join("node.key").exists());
 }
 
 /// deploy/docker-compose.yml names node1's peer id, derived from deploy/compose/node1.key:
@@ -661,7 +669,7 @@ fn the_compose_files_bootstrap_peer_id_matches_its_key() {
     let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(BIN)
-        .args(["run", "--listen", "/ip4/127.0.0.1/tcp/0", "--skywire-key"])
+        .args(["run", "--listen", "/ip4/127.0.0.1/tcp/0", "--identity-key"])
         .arg(format!("{deploy}/compose/node1.key"))
         .arg("--data-dir")
         .arg(dir.path())

@@ -4,7 +4,6 @@
 //!
 //! Every 4xx and 5xx answer is a JSON object `{"error": "...", "code": "..."}`.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
@@ -180,9 +179,29 @@ pub fn router(node: Node, config: GatewayConfig) -> Router {
         .with_state(Gateway { node, config })
 }
 
-fn parse_pk(s: &str) -> Result<PublicKey, ApiError> {
-    PublicKey::from_str(s)
+/// A public key from a path or query: hex of a compressed secp256k1 point or an ed25519
+/// point (off-curve keys refused), as the `PublicKey` schema of [`OPENAPI`] says.
+pub(crate) fn parse_pk(s: &str) -> Result<PublicKey, ApiError> {
+    PublicKey::parse_strict(s)
         .map_err(|e| ApiError::bad_request("bad_key", format!("invalid public key {s:?}: {e}")))
+}
+
+/// A service address `<public key>:<port>` (port 0 to 65535, no leading zeros).
+fn parse_service_addr(addr: &str) -> Result<PublicKey, ApiError> {
+    let (pk, port) = addr.split_once(':').ok_or_else(|| {
+        ApiError::bad_request(
+            "bad_addr",
+            format!("{addr:?}: expected <public key>:<port>"),
+        )
+    })?;
+    let pk = parse_pk(pk)?;
+    match port.parse::<u16>() {
+        Ok(n) if n.to_string() == port => Ok(pk),
+        _ => Err(ApiError::bad_request(
+            "bad_addr",
+            format!("{addr:?}: the port must be 0 to 65535"),
+        )),
+    }
 }
 
 fn edge_of(segment: &str) -> Result<PublicKey, ApiError> {
@@ -320,7 +339,7 @@ async fn service_by_addr(
     Path(addr): Path<String>,
     Params(p): Params<ReadParams>,
 ) -> Result<Response, ApiError> {
-    let visor = parse_pk(crate::adapters::visor_of(&addr))?;
+    let visor = parse_service_addr(&addr)?;
     let list = service_list(&g, visor, p.quorum).await?;
     list.into_iter()
         .find(|s| s.address == addr)
@@ -372,9 +391,9 @@ async fn raw_item(
 /// put report (stored on / rejected by whom, and why).
 async fn submit_item(
     State(g): State<Gateway>,
-    body: Result<Json<ItemJson>, JsonRejection>,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(item) = body.map_err(|e| match e {
+    let Json(body) = body.map_err(|e| match e {
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "content_type",
@@ -385,8 +404,35 @@ async fn submit_item(
         }
         other => ApiError::bad_request("malformed", other.body_text()),
     })?;
+    // Keys as strictly as on every other route (on the curve, no surrounding spaces).
+    for field in ["subject", "signer"] {
+        if let Some(serde_json::Value::String(k)) = body.get(field) {
+            PublicKey::parse_strict(k).map_err(|e| {
+                ApiError::bad_request("bad_key", format!("{field}: invalid public key {k:?}: {e}"))
+            })?;
+        }
+    }
+    let mut item: ItemJson = serde_json::from_value(body)
+        .map_err(|e| ApiError::bad_request("malformed", e.to_string()))?;
+    // A well-formed target that names another item is a rule refusal (422), as the node
+    // would answer it, not a malformed request.
+    let target = item
+        .target
+        .take()
+        .map(|t| {
+            t.parse::<dht_core::Target>()
+                .map_err(|e| ApiError::bad_request("malformed", format!("target: {e}")))
+        })
+        .transpose()?;
     let item = MutableItem::try_from(item)
         .map_err(|e| ApiError::bad_request("malformed", e.to_string()))?;
+    if target.is_some_and(|t| t != item.target()) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "target_mismatch",
+            "target does not match subject and salt",
+        ));
+    }
     let report = g.node.put(item).await?;
     let stored = !report.stored_on().is_empty()
         || matches!(report.local, Some(dht_node::ReplicaResult::Stored(_)));

@@ -22,6 +22,7 @@ mod laggards;
 pub mod mirror;
 pub mod mirror_api;
 pub mod plugin;
+pub mod settings;
 pub mod visor;
 
 pub use adapters::{

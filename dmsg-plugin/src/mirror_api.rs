@@ -18,6 +18,10 @@ use dht_core::PublicKey;
 
 use crate::mirror::{KeyOutcome, Mirror, MirrorAction};
 
+/// The OpenAPI document of the push API (not served: the push API's listener takes only
+/// authenticated mirror requests; it is published with the source).
+pub const OPENAPI: &str = include_str!("push_openapi.json");
+
 #[derive(Clone)]
 struct PushState {
     mirrors: Arc<HashMap<String, Arc<Mirror>>>,
@@ -54,6 +58,13 @@ pub fn router(mirrors: HashMap<String, Arc<Mirror>>, token: String, max_body: us
     Router::new()
         .route("/v1/mirror/{salt}/{subject}", put(publish).delete(delete))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no_route", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(PushState {
             mirrors: Arc::new(mirrors),
@@ -90,7 +101,7 @@ fn resolve(
             format!("no mirror key configured for salt {salt:?}"),
         )
     })?;
-    let pk = subject.parse().map_err(|e| {
+    let pk = PublicKey::parse_strict(subject).map_err(|e| {
         Refusal(
             StatusCode::BAD_REQUEST,
             "bad_key",

@@ -19,11 +19,16 @@ const HUB_TRANSPORTS: usize = 552;
 const VISORS: usize = 1_300;
 
 fn key(i: usize) -> String {
-    // Deterministic, well-formed compressed keys (the DHT never needs their points).
+    // Deterministic keys, real points of the curve as visor keys are (the gateway refuses
+    // off-curve keys).
     let mut h = [0u8; 32];
     h[..8].copy_from_slice(&(i as u64).to_be_bytes());
     h[8] = 0x5a;
-    format!("02{}", hex::encode(sha2_digest(&h)))
+    let secret = hex::encode(sha2_digest(&h));
+    dht_core::SigningKey::from_key_file(&format!("secp256k1:{secret}"))
+        .expect("a SHA-256 digest is a valid secret")
+        .public_key()
+        .to_hex()
 }
 
 fn sha2_digest(b: &[u8]) -> [u8; 32] {

@@ -19,7 +19,7 @@ fn the_sidecar_serves_the_gateway_from_a_config_file() {
             "data_dir = {:?}\nport = 0\n[mirror_keys]\ntp = {:?}\n[authorized_publishers]\ntp = [\"{}\"]\n",
             dir.path().join("data"),
             key,
-            "02".to_string() + &"ab".repeat(32),
+            dht_core::SigningKey::generate_secp256k1().public_key(),
         ),
     )
     .unwrap();
@@ -63,14 +63,37 @@ fn bad_configuration_is_a_clear_error() {
         ("nonsense = 1\n", "invalid configuration"),
         (
             "[mirror_keys]\ntp = \"/nonexistent.key\"\n",
-            "reading /nonexistent.key",
+            "mirror_keys.tp: /nonexistent.key",
         ),
         (
             "[authorized_publishers]\ntp = [\"zz\"]\n",
-            "authorized publisher",
+            "authorized_publishers.tp has an invalid key",
         ),
-        ("push_listen = \"127.0.0.1:0\"\n", "push_token"),
-        ("[pusher]\ntp = \"http://127.0.0.1:1/\"\n", "not supported"),
+        ("[push]\nlisten = \"127.0.0.1:0\"\n", "push.token is needed"),
+        (
+            "[push]\nlisten = \"0.0.0.0:0\"\ntoken = \"0123456789abcdef\"\n",
+            "push.listen = 0.0.0.0:0 is not loopback",
+        ),
+        (
+            "[pusher]\ntp = \"http://127.0.0.1:1/\"\n",
+            "pusher.tp is refused",
+        ),
+        (
+            "[gateway]\nread_timeout_secs = 0\n",
+            "gateway.read_timeout_secs = 0 is out of range",
+        ),
+        (
+            "[gateway]\nmax_body = 0\n",
+            "gateway.max_body = 0 is out of range",
+        ),
+        (
+            "[gateway]\nlisten_addr = 1\n",
+            "unknown key `gateway.listen_addr`",
+        ),
+        (
+            "[authorized_publishers]\ntp = [\"02\"]\n",
+            "authorized_publishers.tp has an invalid key",
+        ),
         ("replication = 0\n", "replication = 0 is out of range"),
         ("replication = 1000\n", "replication = 1000 is out of range"),
         ("ttl_secs = 0\n", "ttl_secs = 0 is out of range"),
@@ -79,7 +102,10 @@ fn bad_configuration_is_a_clear_error() {
             "max_value_len = 1000000000\n",
             "max_value_len = 1000000000 is out of range",
         ),
-        ("http_listen = \"nope\"\n", "http_listen"),
+        (
+            "http_listen = \"127.0.0.1:0\"\n",
+            "unknown key `http_listen`",
+        ),
     ];
     for (i, (text, expect)) in cases.iter().enumerate() {
         let config = dir.path().join(format!("c{i}.toml"));
@@ -160,7 +186,7 @@ fn start(
 }
 
 #[test]
-fn http_listen_from_the_file_and_a_clean_exit_on_sigterm() {
+fn gateway_listen_from_the_file_and_a_clean_exit_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("sidecar.toml");
     // 192.0.2.1 (TEST-NET-1) is never a local address: binding it fails, so a start
@@ -169,7 +195,7 @@ fn http_listen_from_the_file_and_a_clean_exit_on_sigterm() {
         std::fs::write(
             &config,
             format!(
-                "http_listen = {http:?}\ndata_dir = {:?}\nport = 0\n",
+                "data_dir = {:?}\nport = 0\n[gateway]\nlisten = {http:?}\n",
                 dir.path().join("data")
             ),
         )
@@ -219,7 +245,10 @@ fn http_listen_from_the_file_and_a_clean_exit_on_sigterm() {
 #[test]
 fn the_example_configuration_starts() {
     let dir = tempfile::tempdir().unwrap();
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/dht-sidecar.toml");
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/config/dht-sidecar.toml"
+    );
     let data = dir.path().join("data");
     let (mut child, _, url) = start(&[
         "--config",
@@ -236,6 +265,157 @@ fn the_example_configuration_starts() {
     let _ = child.wait();
     let health: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(health["status"], "ok");
+}
+
+/// `--check`: the effective configuration as TOML (nothing started).
+fn check(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--check").args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const EXAMPLE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../examples/config/dht-sidecar.toml"
+);
+
+#[test]
+fn every_key_is_documented_in_the_example_and_the_help() {
+    let example = std::fs::read_to_string(EXAMPLE).unwrap();
+    let help = String::from_utf8(Command::new(BIN).arg("--help").output().unwrap().stdout).unwrap();
+    let keys = dht_node::settings::keys_of::<dmsg_plugin::settings::SidecarSettings>();
+    assert!(keys.len() > 20, "{keys:?}");
+    for key in &keys {
+        // `section.key` is `key = ...` (maybe commented out) after `[section]`.
+        let (section, name) = key.rsplit_once('.').unwrap_or(("", key.as_str()));
+        let body = if section.is_empty() {
+            example.split("\n[").next().unwrap().to_string()
+        } else {
+            example
+                .split(&format!("\n[{section}]\n"))
+                .nth(1)
+                .unwrap_or_else(|| panic!("no [{section}] in the example"))
+                .to_string()
+        };
+        let documented = body.lines().any(|l| {
+            let l = l.trim_start_matches('#').trim_start();
+            l.starts_with(&format!("{name} =")) || l == format!("[{name}]")
+        }) || example.contains(&format!("\n[{key}]\n"));
+        assert!(documented, "{key} is not in {EXAMPLE}");
+        assert!(
+            help.contains(&format!("  {key} = ")),
+            "{key} is not in --help"
+        );
+    }
+    // The example's values are the defaults it claims, and it parses.
+    let (code, from_example, err) = check(&["--config", EXAMPLE], &[]);
+    assert_eq!(code, 0, "{err}");
+    let (code, defaults, err) = check(&[], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(from_example, defaults);
+    assert!(
+        defaults.contains("[gateway]\nlisten = \"127.0.0.1:9481\""),
+        "{defaults}"
+    );
+}
+
+#[test]
+fn file_environment_and_flags_are_layered_in_that_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sidecar.toml");
+    std::fs::write(
+        &config,
+        "replication = 5\nttl_secs = 600\n[gateway]\nlisten = \"127.0.0.1:1001\"\n\
+         [push]\nlisten = \"127.0.0.1:1002\"\ntoken = \"from-the-file-0123\"\n",
+    )
+    .unwrap();
+    let file = config.to_str().unwrap();
+    let (code, out, err) = check(
+        &["--config", file, "--replication", "7"],
+        &[
+            ("DHT_REPLICATION", "6"),
+            ("DHT_TTL_SECS", "700"),
+            ("DHT_GATEWAY__LISTEN", "127.0.0.1:2001"),
+            ("DHT_PUSH__TOKEN", "from-the-environment"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: toml::Value = toml::from_str(&out).unwrap();
+    assert_eq!(
+        v["replication"].as_integer(),
+        Some(7),
+        "flag over env: {out}"
+    );
+    assert_eq!(
+        v["ttl_secs"].as_integer(),
+        Some(700),
+        "env over file: {out}"
+    );
+    assert_eq!(v["gateway"]["listen"].as_str(), Some("127.0.0.1:2001"));
+    assert_eq!(v["push"]["listen"].as_str(), Some("127.0.0.1:1002"));
+    assert_eq!(v["push"]["token"].as_str(), Some("from-the-environment"));
+    // --http is gateway.listen, over the environment.
+    let (code, out, err) = check(
+        &["--config", file, "--http", "127.0.0.1:3001"],
+        &[("DHT_GATEWAY__LISTEN", "127.0.0.1:2001")],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("listen = \"127.0.0.1:3001\""), "{out}");
+    // A refused value names its key and the variable it came from.
+    let (code, _, err) = check(
+        &["--config", file],
+        &[("DHT_GATEWAY__READ_TIMEOUT_SECS", "0")],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("gateway.read_timeout_secs = 0 is out of range")
+            && err.contains("DHT_GATEWAY__READ_TIMEOUT_SECS"),
+        "{err}"
+    );
+    // --check reads the key files too.
+    std::fs::write(&config, "[mirror_keys]\ntp = \"/nonexistent/tp.key\"\n").unwrap();
+    let (code, _, err) = check(&["--config", file], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("mirror_keys.tp: /nonexistent/tp.key"), "{err}");
+    // An off-curve key is refused as a publisher.
+    std::fs::write(
+        &config,
+        format!(
+            "[authorized_publishers]\ndmsg = [\"02{}\"]\n",
+            "00".repeat(32)
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = check(&["--config", file], &[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("authorized_publishers.dmsg") && err.contains("not a point of its curve"),
+        "{err}"
+    );
+}
+
+#[test]
+fn shell_completions_are_printed() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(BIN)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("dht-sidecar") && text.contains("data-dir"),
+            "{shell}: {text}"
+        );
+    }
 }
 
 mod http {

@@ -1,7 +1,7 @@
 //! The swarm: TCP (noise, yamux) and optionally QUIC, the combined behaviour (block
 //! list, kad under [`KAD_PROTOCOL`], identify, ping, the item protocol), and listening.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
@@ -66,7 +66,9 @@ pub(crate) fn build_swarm(
         .set_record_filtering(kad::StoreInserts::FilterBoth)
         // A record is one encoded item: let the largest item through in both directions.
         .set_max_packet_size(config.max_message_len())
-        .set_periodic_bootstrap_interval(Some(Duration::from_secs(5 * 60)));
+        // The node runs its own periodic bootstrap (see `Node::join`), only when it knows
+        // peers: kad's would warn "No known peers" on a lone bootstrap node.
+        .set_periodic_bootstrap_interval(None);
     let max_message_len = config.max_message_len();
     let traffic = metrics.item_protocol_bytes.clone();
     let (forms, saved) = (
@@ -163,12 +165,12 @@ pub(crate) async fn listen(
     swarm: &mut Swarm<Behaviour>,
     addrs: &[Multiaddr],
 ) -> Result<Vec<Multiaddr>, NodeError> {
-    let mut listeners = HashSet::new();
+    let mut listeners = HashMap::new();
     for addr in addrs {
         let id = swarm
             .listen_on(addr.clone())
-            .map_err(|e| NodeError::Transport(format!("listen on {addr}: {e}")))?;
-        listeners.insert(id);
+            .map_err(|e| NodeError::listen(addr, e))?;
+        listeners.insert(id, addr.clone());
     }
     let mut listen_addrs = Vec::new();
     let deadline = tokio::time::Instant::now() + LISTEN_TIMEOUT;
@@ -181,10 +183,21 @@ pub(crate) async fn listen(
                 listeners.remove(&listener_id);
                 listen_addrs.push(address);
             }
-            Ok(SwarmEvent::ListenerError { error, .. })
+            Ok(SwarmEvent::ListenerError { listener_id, error })
             | Ok(SwarmEvent::ListenerClosed {
-                reason: Err(error), ..
-            }) => return Err(NodeError::Transport(format!("listener failed: {error}"))),
+                listener_id,
+                reason: Err(error),
+                ..
+            }) => {
+                // The OS cause stays the error's source.
+                return Err(match listeners.get(&listener_id) {
+                    Some(addr) => NodeError::Listen {
+                        addr: addr.clone(),
+                        source: error,
+                    },
+                    None => NodeError::Transport(format!("listener failed: {error}")),
+                });
+            }
             Ok(_) => {}
             Err(_) => return Err(NodeError::Transport("listeners did not start".into())),
         }

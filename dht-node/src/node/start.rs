@@ -33,6 +33,8 @@ const COMMAND_QUEUE: usize = 4096;
 
 /// Extra bootstrap rounds after joining, seconds apart (see [`Node::join`]).
 const EARLY_BOOTSTRAP_ROUNDS: [u64; 4] = [1, 3, 10, 30];
+/// Seconds between bootstrap rounds after the early ones.
+const PERIODIC_BOOTSTRAP_SECS: u64 = 5 * 60;
 
 impl Node {
     pub(super) async fn start(builder: NodeBuilder) -> Result<Node, NodeError> {
@@ -68,7 +70,10 @@ impl Node {
                     ..StoreConfig::default()
                 };
                 Some(match &config.data_dir {
-                    Some(dir) => Arc::new(RedbStore::open(dir.join(STORE_FILE), store_config)?),
+                    Some(dir) => Arc::new(
+                        RedbStore::open(dir.join(STORE_FILE), store_config)
+                            .map_err(|e| NodeError::from_store_open(dir.join(STORE_FILE), e))?,
+                    ),
                     None => Arc::new(MemoryStore::new(store_config)),
                 })
             }
@@ -76,6 +81,9 @@ impl Node {
 
         let metrics = Metrics::new();
         let mut swarm = build_swarm(keypair, &config, &metrics)?;
+        for addr in &config.external_addresses {
+            swarm.add_external_address(addr.clone());
+        }
         let listen_addrs = listen(&mut swarm, &config.listen).await?;
 
         let store_is_empty = match &store {
@@ -179,19 +187,26 @@ impl Node {
                 None => client.command(Command::Dial(addr.clone())).await?,
             }
         }
-        if known == 0 {
+        let early: &[u64] = if known == 0 {
             // The first node of a network: its (empty) table is the whole membership.
             self.inner.state.set_bootstrapped();
-            return Ok(());
-        }
-        info!(known, "joining the network");
-        client.command(Command::Bootstrap).await?;
+            &[]
+        } else {
+            info!(known, "joining the network");
+            client.command(Command::Bootstrap).await?;
+            &EARLY_BOOTSTRAP_ROUNDS
+        };
         // Nodes joining at the same time may each miss the other in their first round
-        // (the peer they asked had not yet added the other): repeat a few early rounds
-        // before the periodic bootstrap takes over.
+        // (the peer they asked had not yet added the other): a few early rounds, then one
+        // every 5 minutes (kad's own periodic bootstrap is off: it warns "No known peers"
+        // on a lone bootstrap node; a round with an empty routing table is skipped quietly).
         let client = client.clone();
+        let early = early.to_vec();
         let rounds = tokio::spawn(async move {
-            for secs in EARLY_BOOTSTRAP_ROUNDS {
+            for secs in early
+                .into_iter()
+                .chain(std::iter::repeat(PERIODIC_BOOTSTRAP_SECS))
+            {
                 tokio::time::sleep(Duration::from_secs(secs)).await;
                 if client.command(Command::Bootstrap).await.is_err() {
                     return;
