@@ -3,8 +3,10 @@
 //! new value from a patch a few hundred bytes long (see [`dht_core::codec`]).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::OnceLock;
 
 use bytes::Bytes;
+use dht_core::codec::WireValue;
 use dht_core::Target;
 use parking_lot::Mutex;
 
@@ -109,6 +111,52 @@ impl SentValues {
     fn size(&self) -> (usize, usize) {
         let lru = self.inner.lock();
         (lru.entries.len(), lru.bytes)
+    }
+}
+
+/// Values shorter than this go as they are: coding them saves too little.
+pub(crate) const MIN_CODED_VALUE: usize = 1024;
+
+/// The wire forms of one put's value, shared by the replicas it goes to. Peers that only
+/// speak item protocol 1.0.0 get the value as is whatever these say (the codec decides).
+pub(crate) struct ValueForms {
+    value: Bytes,
+    /// What every replica gets first: a patch against the last value this node put at
+    /// the target, or the value compressed; `None`: as is.
+    pub first: Option<WireValue>,
+    /// The value compressed, for a replica that lacks the patch's base (made once, when
+    /// first needed).
+    full: OnceLock<Option<WireValue>>,
+}
+
+impl ValueForms {
+    /// The forms of `value` (`None`: a tombstone), given the last value put at its
+    /// target (`base`, with its seq). Small values, and values that code no smaller,
+    /// go as they are.
+    pub fn new(value: Option<&Bytes>, base: Option<(u64, Bytes)>) -> Self {
+        let value = value.cloned().unwrap_or_default();
+        let first = (value.len() >= MIN_CODED_VALUE)
+            .then(|| WireValue::encode_for(&value, base.as_ref().map(|(s, v)| (*s, &v[..]))))
+            .filter(|w| !matches!(w, WireValue::Plain(_)));
+        ValueForms {
+            value,
+            first,
+            full: OnceLock::new(),
+        }
+    }
+
+    /// The value without a patch: compressed, or `None` (as is).
+    pub fn full(&self) -> Option<WireValue> {
+        self.full
+            .get_or_init(|| {
+                match &self.first {
+                    Some(w @ WireValue::Zstd(_)) => Some(w.clone()),
+                    _ if self.value.len() < MIN_CODED_VALUE => None,
+                    _ => Some(WireValue::encode_for(&self.value, None)),
+                }
+                .filter(|w| !matches!(w, WireValue::Plain(_)))
+            })
+            .clone()
     }
 }
 

@@ -24,9 +24,9 @@ use crate::events::NodeEvent;
 use crate::metrics::Metrics;
 use crate::network::{Client, Command};
 use crate::protocol::{PutItem, PutResult, Request, Response};
-use crate::put::ValueForms;
 use crate::report::{NodeStats, ReplicaResult};
 use crate::sent_values::SentValues;
+use crate::sent_values::ValueForms;
 use crate::state::NodeState;
 use crate::NodeError;
 
