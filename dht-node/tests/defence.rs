@@ -380,7 +380,8 @@ async fn a_flooding_client_waits_for_its_refusals_while_full_nodes_get_them_at_o
     };
     let net = Testnet::builder(2).config(config).build().await.unwrap();
     assert!(net.wait_for_routing(1, Duration::from_secs(10)).await);
-    let replica = net.nodes[1].peer_id();
+    // The client bootstraps from (and so is connected to) node 0.
+    let replica = net.nodes[0].peer_id();
     let key = SigningKey::generate_ed25519();
     let item = |seq| MutableItem::sign(&key, key.public_key(), "svc", seq, &b"[v]"[..]);
 
@@ -408,7 +409,7 @@ async fn a_flooding_client_waits_for_its_refusals_while_full_nodes_get_them_at_o
 
     // A full node of the routing table has twenty times the room, and its refusals
     // come at once.
-    let full = &net.nodes[0];
+    let full = &net.nodes[1];
     let mut stored = 0;
     for seq in 10..55 {
         let started = std::time::Instant::now();
@@ -425,7 +426,7 @@ async fn a_flooding_client_waits_for_its_refusals_while_full_nodes_get_them_at_o
         }
     }
     assert!(stored >= 38, "stored {stored}");
-    let text = net.nodes[1].metrics().encode();
+    let text = net.nodes[0].metrics().encode();
     assert!(text.contains("dht_refusals_held_total 3"), "{text}");
     client.shutdown().await;
     net.shutdown().await;
