@@ -81,7 +81,7 @@ pub fn salt_label(salt: &[u8]) -> &'static str {
 /// Labels by salt.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SaltLabels {
-    /// The salt: one of [`KNOWN_SALTS`] or "other".
+    /// The salt: "tp", "svc", "dmsg", or "other" for every other salt.
     pub salt: String,
 }
 

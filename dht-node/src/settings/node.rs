@@ -356,7 +356,7 @@ pub struct NodeFlags {
     #[arg(long, value_name = "MULTIADDR")]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub announce: Vec<Multiaddr>,
-    /// Bootstrap peer address (/ip4/../tcp/../p2p/<id>); repeatable or comma-separated
+    /// Bootstrap peer address (`/ip4/../tcp/../p2p/<id>`); repeatable or comma-separated
     /// [key: bootstrap].
     #[arg(long, value_delimiter = ',', value_name = "MULTIADDR")]
     #[serde(skip_serializing_if = "Vec::is_empty")]
