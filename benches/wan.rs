@@ -576,18 +576,7 @@ fn delayer(nfq: Nfq, link: Link, stats: &Mutex<Stats>, stop: &AtomicBool) -> io:
             local.late_max = local.late_max.max(late);
             let b = ((late.as_micros() as u64) / LATE_BUCKET_US).min(LATE_BUCKETS as u64 - 1);
             local.late[b as usize] += 1;
-            nfnl_msg(
-                &mut verdicts,
-                NFQNL_MSG_VERDICT,
-                libc::NLM_F_REQUEST as u16,
-                0,
-                nfq.queue,
-                &[(NFQA_VERDICT_HDR, &verdict(NF_ACCEPT, id))],
-            );
-            if verdicts.len() > 60_000 {
-                nfq.send(&verdicts)?;
-                verdicts.clear();
-            }
+            accept(&nfq, &mut verdicts, id)?;
         }
         if !verdicts.is_empty() {
             nfq.send(&verdicts)?;
@@ -605,21 +594,27 @@ fn delayer(nfq: Nfq, link: Link, stats: &Mutex<Stats>, stop: &AtomicBool) -> io:
     }
     // Stopping: let whatever is held through.
     for std::cmp::Reverse((_, _, id)) in held.drain() {
-        nfnl_msg(
-            &mut verdicts,
-            NFQNL_MSG_VERDICT,
-            libc::NLM_F_REQUEST as u16,
-            0,
-            nfq.queue,
-            &[(NFQA_VERDICT_HDR, &verdict(NF_ACCEPT, id))],
-        );
-        if verdicts.len() > 60_000 {
-            nfq.send(&verdicts)?;
-            verdicts.clear();
-        }
+        accept(&nfq, &mut verdicts, id)?;
     }
     if !verdicts.is_empty() {
         nfq.send(&verdicts)?;
+    }
+    Ok(())
+}
+
+/// Adds an accept verdict for packet `id` to the batch, sending the batch once it is large.
+fn accept(nfq: &Nfq, verdicts: &mut Vec<u8>, id: u32) -> io::Result<()> {
+    nfnl_msg(
+        verdicts,
+        NFQNL_MSG_VERDICT,
+        libc::NLM_F_REQUEST as u16,
+        0,
+        nfq.queue,
+        &[(NFQA_VERDICT_HDR, &verdict(NF_ACCEPT, id))],
+    );
+    if verdicts.len() > 60_000 {
+        nfq.send(verdicts)?;
+        verdicts.clear();
     }
     Ok(())
 }
