@@ -149,12 +149,17 @@ async fn counter_with(url: &str, name: &str, having: &str) -> u64 {
 }
 
 async fn client(bootstrap: &[&Standalone], max_value_len: usize) -> anyhow::Result<Node> {
+    let addrs: Vec<&str> = bootstrap.iter().map(|s| s.addr.as_str()).collect();
+    client_of(&addrs, max_value_len).await
+}
+
+async fn client_of(bootstrap: &[&str], max_value_len: usize) -> anyhow::Result<Node> {
     let mut config = NodeConfig::local();
     config.mode = NodeMode::Client;
     config.policy.max_value_len = max_value_len;
     config.bootstrap = bootstrap
         .iter()
-        .map(|s| s.addr.parse())
+        .map(|a| a.parse())
         .collect::<Result<_, _>>()?;
     let node = Node::builder().config(config).build().await?;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -172,34 +177,117 @@ fn get_request(target: Target) -> RequestProto {
     }
 }
 
-/// One flood message of `kind`.
-async fn send_one(hostile: &Node, to: PeerId, kind: Kind, n: u64) {
-    let key = SigningKey::generate_ed25519();
-    match kind {
-        Kind::Gets => {
-            let mut t = [0u8; 32];
-            t[..8].copy_from_slice(&n.to_be_bytes());
-            let _ = hostile.request(to, get_request(Target(t))).await;
+/// The messages of one kind of flood. Over-limit values are signed once and sent again
+/// and again (the node refuses them from their length prefix, so nothing is gained by
+/// signing each, and signing megabytes would make the flooder, not the node, the
+/// bottleneck).
+struct Flooder {
+    kind: Kind,
+    over_limit: Option<MutableItem>,
+}
+
+impl Flooder {
+    fn new(kind: Kind) -> Self {
+        let key = SigningKey::generate_ed25519();
+        let over_limit = match kind {
+            Kind::OverLimitValues => Some(vec![1u8; 1536 * 1024]),
+            Kind::HugeFrames => Some(vec![2u8; 5 * 1024 * 1024]),
+            _ => None,
         }
-        Kind::BadSignatures => {
-            let mut item = MutableItem::sign(&key, key.public_key(), "tp", 1, &b"[junk]"[..]);
-            item.signature = Signature::from_bytes(&[7u8; 64]).expect("64 bytes");
-            hostile.send_item_to(to, &item, PutOptions::default()).await;
-        }
-        Kind::OverLimitValues => {
-            let item = MutableItem::sign(&key, key.public_key(), "tp", 1, vec![1u8; 1536 * 1024]);
-            hostile.send_item_to(to, &item, PutOptions::default()).await;
-        }
-        Kind::HugeFrames => {
-            let item =
-                MutableItem::sign(&key, key.public_key(), "tp", 1, vec![2u8; 5 * 1024 * 1024]);
-            hostile.send_item_to(to, &item, PutOptions::default()).await;
-        }
-        Kind::FreshKeys => {
-            let item = MutableItem::sign(&key, key.public_key(), "svc", 1, &b"[junk service]"[..]);
-            hostile.send_item_to(to, &item, PutOptions::default()).await;
+        .map(|value| MutableItem::sign(&key, key.public_key(), "tp", 1, value));
+        Flooder { kind, over_limit }
+    }
+
+    /// Sends message `n`.
+    async fn send(&self, hostile: &Node, to: PeerId, n: u64) {
+        let key = SigningKey::generate_ed25519();
+        match (self.kind, &self.over_limit) {
+            (_, Some(item)) => {
+                hostile.send_item_to(to, item, PutOptions::default()).await;
+            }
+            (Kind::Gets, _) => {
+                let mut t = [0u8; 32];
+                t[..8].copy_from_slice(&n.to_be_bytes());
+                let _ = hostile.request(to, get_request(Target(t))).await;
+            }
+            (Kind::BadSignatures, _) => {
+                let mut item = MutableItem::sign(&key, key.public_key(), "tp", 1, &b"[junk]"[..]);
+                item.signature = Signature::from_bytes(&[7u8; 64]).expect("64 bytes");
+                hostile.send_item_to(to, &item, PutOptions::default()).await;
+            }
+            (_, None) => {
+                let item =
+                    MutableItem::sign(&key, key.public_key(), "svc", 1, &b"[junk service]"[..]);
+                hostile.send_item_to(to, &item, PutOptions::default()).await;
+            }
         }
     }
+}
+
+/// The flooder's own process (`dht-bench --flood-worker ADDR --flood-kind K`): a
+/// client-mode node that connects to `addr`, prints `ready`, sends `kind` messages for
+/// `secs` seconds with `in_flight` at a time, and prints `sent N`. Its own process, so
+/// that its work never competes with the honest client's measurements for a runtime.
+pub async fn worker(addr: &str, kind: usize, secs: u64, in_flight: usize) -> anyhow::Result<()> {
+    let kind = *Kind::ALL.get(kind).context("no such flood kind")?;
+    let hostile = client_of(&[addr], 8 * 1024 * 1024).await?;
+    let to: PeerId = addr
+        .rsplit("/p2p/")
+        .next()
+        .context("peer id in the address")?
+        .parse()?;
+    let flooder = std::sync::Arc::new(Flooder::new(kind));
+    println!("ready");
+    let stop = Instant::now() + Duration::from_secs(secs);
+    let sent = std::sync::atomic::AtomicU64::new(0);
+    futures::stream::iter(0u64..)
+        .take_while(|_| futures::future::ready(Instant::now() < stop))
+        .for_each_concurrent(in_flight, |n| {
+            let hostile = &hostile;
+            let sent = &sent;
+            let flooder = flooder.clone();
+            async move {
+                flooder.send(hostile, to, n).await;
+                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+        .await;
+    println!("sent {}", sent.load(std::sync::atomic::Ordering::Relaxed));
+    hostile.shutdown().await;
+    Ok(())
+}
+
+/// Starts the flooder process against `flooded` and waits until it is connected.
+async fn start_flooder(
+    flooded: &Standalone,
+    kind: Kind,
+    secs: u64,
+    in_flight: usize,
+) -> anyhow::Result<(
+    Child,
+    tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+)> {
+    let index = Kind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["--flood-worker", &flooded.addr, "--flood-kind"])
+        .arg(index.to_string())
+        .arg("--flood-secs")
+        .arg(secs.to_string())
+        .arg("--flood-in-flight")
+        .arg(in_flight.to_string())
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the flooder process")?;
+    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    while let Some(line) = lines.next_line().await? {
+        if line == "ready" {
+            return Ok((child, lines));
+        }
+    }
+    anyhow::bail!("the flooder process exited before it was ready")
 }
 
 /// Runs every flood for `secs` seconds each, `in_flight` messages at a time.
@@ -220,7 +308,6 @@ pub async fn run(bin: &Path, secs: u64, in_flight: usize, busy: bool) -> anyhow:
         let control = start_node(bin).await?;
         let pid = flooded.child.id().context("pid")?;
         let honest = client(&[&flooded, &control], 1024 * 1024).await?;
-        let hostile = client(&[&flooded], 8 * 1024 * 1024).await?;
         // The honest reads: an item on each node.
         let owner = SigningKey::generate_ed25519();
         let item = MutableItem::sign(&owner, owner.public_key(), "svc", 1, vec![3u8; 900]);
@@ -237,26 +324,8 @@ pub async fn run(bin: &Path, secs: u64, in_flight: usize, busy: bool) -> anyhow:
         let items_in = "protocol=\"items\",direction=\"in\"";
         let received_before =
             counter_with(&flooded.metrics, "dht_protocol_bytes_total", items_in).await;
+        let (mut flooder, mut flooder_out) = start_flooder(&flooded, kind, secs, in_flight).await?;
         let stop = Instant::now() + Duration::from_secs(secs);
-        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let flood = {
-            let hostile = hostile.clone();
-            let sent = sent.clone();
-            let to = flooded.peer;
-            tokio::spawn(async move {
-                futures::stream::iter(0u64..)
-                    .take_while(|_| futures::future::ready(Instant::now() < stop))
-                    .for_each_concurrent(in_flight, |n| {
-                        let hostile = hostile.clone();
-                        let sent = sent.clone();
-                        async move {
-                            send_one(&hostile, to, kind, n).await;
-                            sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                    })
-                    .await;
-            })
-        };
         let sampler = tokio::spawn(async move {
             let mut peak: f64 = 0.0;
             while Instant::now() < stop {
@@ -277,12 +346,23 @@ pub async fn run(bin: &Path, secs: u64, in_flight: usize, busy: bool) -> anyhow:
                 let _ = honest.request(peer, get_request(target)).await;
                 lat.push(started.elapsed());
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        let _ = flood.await;
         let peak = sampler.await.unwrap_or(0.0);
         drop(hog);
-        let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+        let mut sent = 0u64;
+        let report = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Ok(Some(line)) = flooder_out.next_line().await {
+                if let Some(n) = line.strip_prefix("sent ") {
+                    return n.parse::<u64>().ok();
+                }
+            }
+            None
+        });
+        if let Ok(Some(n)) = report.await {
+            sent = n;
+        }
+        let _ = flooder.kill().await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let after = rss_mb(pid);
         let received = counter_with(&flooded.metrics, "dht_protocol_bytes_total", items_in)
@@ -310,7 +390,6 @@ pub async fn run(bin: &Path, secs: u64, in_flight: usize, busy: bool) -> anyhow:
         });
         eprintln!("{:?}", out.last());
         honest.shutdown().await;
-        hostile.shutdown().await;
     }
     let condition = if busy {
         format!("busy: {cores} spinning threads, one per core, during each flood")
@@ -339,7 +418,7 @@ pub struct FloodRun {
 pub fn markdown(runs: &[FloodRun], secs: u64, in_flight: usize) -> String {
     let mut md = format!(
         "### Hostile peers\n\n\
-         One hostile peer floods a standalone `dht-node run` process ({secs} s per kind, \
+         One hostile peer (a process of its own) floods a standalone `dht-node run` process ({secs} s per kind, \
          {in_flight} messages in flight) while an honest client reads an item from it and, \
          in the same moments, from an unflooded control node (another `dht-node run`). \
          Latencies in ms; ratio = flooded / control. `tried/s` counts the flooder's \

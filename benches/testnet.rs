@@ -89,6 +89,13 @@ struct Args {
     /// Run only the hostile-peer section (rewrites only its block of the report).
     #[arg(long)]
     only_flood: bool,
+    /// Internal: be the flooder process of the hostile-peer section, flooding the node
+    /// at this address.
+    #[arg(long, hide = true)]
+    flood_worker: Option<String>,
+    /// Internal: the kind of flood of `--flood-worker` (an index).
+    #[arg(long, hide = true, default_value_t = 0)]
+    flood_kind: usize,
     /// Also run the testnets side by side with mainline over an emulated WAN link of this
     /// round-trip time (a network namespace with NFQUEUE; needs root and iptables-legacy),
     /// in a process of its own after the other sections.
@@ -442,6 +449,18 @@ const WAN_END: &str = "<!-- dht-bench:wan:end -->";
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(addr) = &args.flood_worker {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        return rt.block_on(flood::worker(
+            addr,
+            args.flood_kind,
+            args.flood_secs,
+            args.flood_in_flight,
+        ));
+    }
     // The WAN section moves the process into a network namespace of its own: that must
     // happen before any thread (the runtime's) starts.
     let emulation = if args.only_wan {
