@@ -129,6 +129,9 @@ pub struct Metrics {
     pub item_protocol_bytes: Family<TrafficLabels, Counter>,
     /// `rate_limited` refusals to strangers held back a second before they were sent.
     pub refusals_held: Counter,
+    /// Peers banned for breaking the item protocol on purpose (frames far over the
+    /// limit, a stranger's oversized frames past its byte budget).
+    pub peers_banned: Counter,
     /// Substream bytes by application protocol and direction (multistream-select
     /// negotiation included; noise and yamux framing excluded).
     pub protocol_bytes: Family<ProtocolBytesLabels, Counter>,
@@ -183,6 +186,7 @@ impl Metrics {
             item_protocol_bytes: Family::default(),
             protocol_bytes: Family::default(),
             refusals_held: Counter::default(),
+            peers_banned: Counter::default(),
             strangers_throttled: Counter::default(),
             put_value_forms: Family::default(),
             put_need_base: Counter::default(),
@@ -226,6 +230,11 @@ impl Metrics {
                 "refusals_held",
                 "Refusals to rate-limited strangers held back a second before they were sent",
                 m.refusals_held.clone(),
+            );
+            r.register(
+                "peers_banned",
+                "Peers banned for 30 s for breaking the item protocol on purpose",
+                m.peers_banned.clone(),
             );
             r.register(
                 "protocol_bytes",

@@ -276,7 +276,10 @@ async fn values_over_the_limit_are_refused_from_the_frame_header() {
         }
         other => panic!("expected too_large, got {other:?}"),
     }
-    // 5 MiB, far over: the stream is reset without reading the body.
+    // 5 MiB, far over: the stream is reset without reading the body, and the sender is
+    // banned (disconnected, its connections refused for a while).
+    let items_in = || protocol_bytes(&net.nodes[0].metrics().encode(), "items", "in");
+    let before = items_in();
     let huge = MutableItem::sign(&key, key.public_key(), "tp", 2, vec![2u8; 5 * 1024 * 1024]);
     assert!(matches!(
         hostile
@@ -284,15 +287,65 @@ async fn values_over_the_limit_are_refused_from_the_frame_header() {
             .await,
         ReplicaResult::Failed(_)
     ));
-    // The node keeps serving, and counted the refusal.
+    let read = items_in() - before;
+    assert!(read < 1024 * 1024, "read {read} bytes of a 5 MiB frame");
+    let text = net.nodes[0].metrics().encode();
+    assert!(text.contains("dht_peers_banned_total 1"), "{text}");
     let ok = MutableItem::sign(&key, key.public_key(), "tp", 3, &b"[]"[..]);
     assert!(matches!(
         hostile
             .send_item_to(replica, &ok, PutOptions::default())
             .await,
+        ReplicaResult::Failed(_)
+    ));
+    // The node keeps serving everyone else, and counted the refusals.
+    let other = stranger(&net, 1024 * 1024).await;
+    assert!(matches!(
+        other
+            .send_item_to(replica, &ok, PutOptions::default())
+            .await,
         ReplicaResult::Stored(_)
     ));
     assert!(net.nodes[0].metrics().encode().contains("too_large"));
+    other.shutdown().await;
+    hostile.shutdown().await;
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_sending_oversized_values_past_its_byte_budget_is_banned() {
+    let net = Testnet::builder(1).build().await.unwrap();
+    let replica = net.nodes[0].peer_id();
+    let hostile = stranger(&net, 8 * 1024 * 1024).await;
+    let key = SigningKey::generate_ed25519();
+    let over = MutableItem::sign(&key, key.public_key(), "tp", 1, vec![1u8; 1536 * 1024]);
+    // Each 1.5 MiB frame is refused from its prefix and charged to the stranger's byte
+    // budget (a few MiB): the first get a typed answer, then the stranger is banned.
+    let mut typed = 0;
+    for _ in 0..8 {
+        match hostile
+            .send_item_to(replica, &over, PutOptions::default())
+            .await
+        {
+            ReplicaResult::Rejected { code, .. } => {
+                assert_eq!(code, dht_core::ReasonCode::TooLarge);
+                typed += 1;
+            }
+            ReplicaResult::Failed(_) => {}
+            other => panic!("expected too_large or a failure, got {other:?}"),
+        }
+    }
+    assert!((1..8).contains(&typed), "{typed} typed refusals");
+    let text = net.nodes[0].metrics().encode();
+    assert!(text.contains("dht_peers_banned_total 1"), "{text}");
+    // Banned: even a valid item is not taken from it now, while a full node's is.
+    let ok = MutableItem::sign(&key, key.public_key(), "tp", 2, &b"[]"[..]);
+    assert!(matches!(
+        hostile
+            .send_item_to(replica, &ok, PutOptions::default())
+            .await,
+        ReplicaResult::Failed(_)
+    ));
     hostile.shutdown().await;
     net.shutdown().await;
 }

@@ -96,6 +96,8 @@ impl Driver {
                 }
             }
             Command::Block(peer) => {
+                // Blocked until unblocked, whatever a ban's end.
+                self.bans.forget(&peer);
                 self.swarm.behaviour_mut().blocked.block_peer(peer);
                 // Unreachable from now on: skip it as any failed peer.
                 self.suspect(peer, "blocked");

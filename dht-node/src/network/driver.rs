@@ -15,6 +15,7 @@ use libp2p::{identify, ping, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info};
 
+use super::bans::Bans;
 use super::rate_limit::RateLimiter;
 use super::transport::{Behaviour, BehaviourEvent};
 use super::{Command, PeerList};
@@ -56,6 +57,8 @@ pub(crate) struct Driver {
     /// Connected peers that identified as kad servers (full nodes), in the routing
     /// table or not (a full bucket leaves some out).
     pub(super) servers: HashSet<PeerId>,
+    /// Peers banned for breaking the item protocol on purpose.
+    pub(super) bans: Bans,
 }
 
 impl Driver {
@@ -96,6 +99,7 @@ impl Driver {
             handling: HashMap::new(),
             held: HashMap::new(),
             servers: HashSet::new(),
+            bans: Bans::default(),
         }
     }
 
@@ -122,6 +126,7 @@ impl Driver {
                     self.trim_connections();
                     self.finish_abandoned_lookups();
                     self.check_liveness();
+                    self.lift_expired_bans();
                     self.state
                         .metrics
                         .connected_peers
@@ -284,7 +289,6 @@ impl Driver {
             } => {
                 self.budget.closed(&peer_id);
                 if num_established == 0 {
-                    self.limiter.forget(&peer_id);
                     self.servers.remove(&peer_id);
                     self.remote_ips.remove(&peer_id);
                     // Closed by an error (a crashed or cut-off peer), not by an idle

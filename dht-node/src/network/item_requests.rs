@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use dht_core::ReasonCode;
 use libp2p::request_response::{self, OutboundFailure, ResponseChannel};
 use libp2p::PeerId;
-use tracing::debug;
+use tracing::{debug, info};
 
+use super::bans::BAN_TIME;
 use super::driver::Driver;
 use super::Command;
 use crate::protocol::{ItemRequest, Refusal, Response, ResponseFrame};
@@ -66,16 +67,6 @@ impl Driver {
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 debug!(%peer, %error, "inbound request failed");
-                // A frame far over the limit is no honest mistake: drop the connection,
-                // so the bytes already in flight behind it stop costing anything.
-                if let request_response::InboundFailure::Io(e) = &error {
-                    if e.kind() == std::io::ErrorKind::InvalidData
-                        && e.to_string().contains("exceeds the limit")
-                    {
-                        self.state.metrics.count_put(b"", Err(ReasonCode::TooLarge));
-                        let _ = self.swarm.disconnect_peer_id(peer);
-                    }
-                }
             }
             request_response::Event::ResponseSent { .. } => {}
         }
@@ -92,18 +83,13 @@ impl Driver {
             return;
         };
         let stranger = self.is_stranger(&peer);
+        if let ItemRequest::Oversized { .. } = request {
+            self.on_oversized(peer, request, channel, stranger);
+            return;
+        }
         if !self.limiter.allow(peer, request.cost(), stranger) {
             self.state.metrics.rate_limited.inc();
             self.refuse_rate_limited(peer, stranger, channel, "too many requests");
-            return;
-        }
-        if let ItemRequest::Oversized { len, limit } = request {
-            self.state.metrics.count_put(b"", Err(ReasonCode::TooLarge));
-            self.refuse(
-                channel,
-                ReasonCode::TooLarge.as_str(),
-                format!("message of {len} bytes exceeds the limit of {limit}"),
-            );
             return;
         }
         // Fair service: one peer's requests never queue up in front of everyone else's.
@@ -131,6 +117,60 @@ impl Driver {
                 })
                 .await;
         });
+    }
+
+    /// A frame over the limit, refused from its length prefix. Far over the limit is
+    /// no honest mistake: the peer is banned, so the bytes in flight behind the frame
+    /// stop costing anything. Otherwise the announced length is charged to the peer's
+    /// byte budget; a stranger past it is banned, anyone else answered `too_large`.
+    fn on_oversized(
+        &mut self,
+        peer: PeerId,
+        request: ItemRequest,
+        channel: ResponseChannel<ResponseFrame>,
+        stranger: bool,
+    ) {
+        let ItemRequest::Oversized { len, limit, .. } = request else {
+            return;
+        };
+        self.state.metrics.count_put(b"", Err(ReasonCode::TooLarge));
+        if request.far_over_limit() {
+            self.ban(peer, "a frame far over the limit");
+            return;
+        }
+        if !self.limiter.allow(peer, len, stranger) {
+            self.state.metrics.rate_limited.inc();
+            if stranger {
+                self.ban(peer, "oversized frames past its byte budget");
+            } else {
+                self.refuse(channel, Refusal::RATE_LIMITED, "too many oversized frames");
+            }
+            return;
+        }
+        self.refuse(
+            channel,
+            ReasonCode::TooLarge.as_str(),
+            format!("message of {len} bytes exceeds the limit of {limit}"),
+        );
+    }
+
+    /// Bans `peer` for [`BAN_TIME`]: its connections are closed and refused until then.
+    fn ban(&mut self, peer: PeerId, why: &'static str) {
+        if self.bans.ban(peer, Instant::now()) {
+            self.state.metrics.peers_banned.inc();
+            info!(%peer, why, secs = BAN_TIME.as_secs(), "peer banned");
+            self.swarm.behaviour_mut().blocked.block_peer(peer);
+        } else {
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
+    /// Lifts the bans that are over.
+    pub(super) fn lift_expired_bans(&mut self) {
+        for peer in self.bans.take_expired(Instant::now()) {
+            debug!(%peer, "ban lifted");
+            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+        }
     }
 
     /// Refuses `rate_limited`: at once for a full node; for a stranger after

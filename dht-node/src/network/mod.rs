@@ -9,9 +9,11 @@
 //! - [`commands`]: what the node asks of the task;
 //! - [`kad_events`]: routing-table updates and inbound kad records;
 //! - [`item_requests`]: inbound and outbound item-protocol traffic, with
-//!   [`rate_limit`]'s per-peer buckets in front;
+//!   [`rate_limit`]'s per-peer buckets in front and [`bans`] for peers that break the
+//!   protocol on purpose;
 //! - [`client`]: the handle (typed requests, lookups, commands).
 
+mod bans;
 mod client;
 mod commands;
 mod driver;

@@ -46,20 +46,43 @@ pub(super) fn stranger_limit(l: RateLimit, min_burst_bytes: f64) -> RateLimit {
     }
 }
 
-/// The buckets of every peer.
+/// Peers whose buckets are kept before refilled ones are dropped.
+const PRUNE_AT_LEAST: usize = 1_024;
+/// Peers whose buckets are kept at most; past it, the longest idle go first.
+const MAX_TRACKED: usize = 65_536;
+
+/// The buckets of every peer. A peer's buckets outlive its connections (a client that
+/// reconnects does not start again with full buckets); they are dropped once they have
+/// refilled, when nothing would be lost by forgetting them.
 pub(super) struct RateLimiter {
     limit: RateLimit,
     stranger: RateLimit,
     buckets: HashMap<PeerId, (Bucket, Bucket)>,
+    /// Idle time after which any bucket is full again.
+    refill: std::time::Duration,
+    /// Size of `buckets` at which they are next pruned.
+    prune_at: usize,
+}
+
+/// How long an empty bucket of `l` takes to refill (a rate of zero: ten minutes).
+fn refill_time(l: &RateLimit) -> f64 {
+    let time = |burst: f64, rate: f64| if rate > 0.0 { burst / rate } else { 600.0 };
+    time(l.burst, l.per_second).max(time(l.burst_bytes, l.bytes_per_second))
 }
 
 impl RateLimiter {
     /// Full nodes get `limit`; strangers [`stranger_limit`] of it.
     pub(super) fn new(limit: RateLimit, min_burst_bytes: f64) -> Self {
+        let stranger = stranger_limit(limit, min_burst_bytes);
+        let refill = refill_time(&limit)
+            .max(refill_time(&stranger))
+            .clamp(1.0, 600.0);
         RateLimiter {
             limit,
-            stranger: stranger_limit(limit, min_burst_bytes),
+            stranger,
             buckets: HashMap::new(),
+            refill: std::time::Duration::from_secs_f64(refill),
+            prune_at: PRUNE_AT_LEAST,
         }
     }
 
@@ -71,6 +94,9 @@ impl RateLimiter {
 
     fn allow_at(&mut self, peer: PeerId, bytes: usize, stranger: bool, now: Instant) -> bool {
         let l = if stranger { self.stranger } else { self.limit };
+        if self.buckets.len() >= self.prune_at && !self.buckets.contains_key(&peer) {
+            self.prune(now);
+        }
         let full = |tokens| Bucket { tokens, last: now };
         let (requests, volume) = self
             .buckets
@@ -90,9 +116,27 @@ impl RateLimiter {
         }
     }
 
-    /// Drops a disconnected peer's buckets.
-    pub(super) fn forget(&mut self, peer: &PeerId) {
-        self.buckets.remove(peer);
+    /// Drops the buckets that have refilled (forgetting them changes nothing), and, past
+    /// [`MAX_TRACKED`], the longest idle.
+    fn prune(&mut self, now: Instant) {
+        let refill = self.refill;
+        let idle = |(r, v): &(Bucket, Bucket)| now.duration_since(r.last.max(v.last));
+        self.buckets.retain(|_, b| idle(b) < refill);
+        if self.buckets.len() >= MAX_TRACKED {
+            let mut ages: Vec<_> = self.buckets.values().map(idle).collect();
+            let keep = MAX_TRACKED / 2;
+            let cut = ages.len() - keep;
+            let (_, oldest_kept, _) = ages.select_nth_unstable(cut);
+            let oldest_kept = *oldest_kept;
+            self.buckets.retain(|_, b| idle(b) < oldest_kept);
+        }
+        self.prune_at = (self.buckets.len() * 2).max(PRUNE_AT_LEAST);
+    }
+
+    /// Peers whose buckets are kept.
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        self.buckets.len()
     }
 }
 
@@ -150,9 +194,63 @@ mod tests {
         assert!(l.allow_at(p, 1, false, t2));
         assert!(l.allow_at(p, 1, false, t2));
         assert!(!l.allow_at(p, 1, false, t2));
-        // Forgetting a peer gives it full buckets again.
-        l.forget(&p);
-        assert!(l.allow_at(p, 1, false, t2));
+    }
+
+    #[test]
+    fn buckets_outlive_connections_and_are_pruned_once_refilled() {
+        let limit = RateLimit {
+            per_second: 1.0,
+            burst: 2.0,
+            bytes_per_second: 1e9,
+            burst_bytes: 1e9,
+        };
+        let mut l = RateLimiter::new(limit, 0.0);
+        let t0 = Instant::now();
+        let flooder = PeerId::random();
+        assert!(l.allow_at(flooder, 1, false, t0));
+        assert!(l.allow_at(flooder, 1, false, t0));
+        assert!(!l.allow_at(flooder, 1, false, t0));
+        // Many other peers come and go: the flooder's empty bucket is not pruned while
+        // it could still refuse anything.
+        let t1 = t0 + Duration::from_millis(100);
+        for _ in 0..PRUNE_AT_LEAST * 3 {
+            assert!(l.allow_at(PeerId::random(), 1, false, t1));
+        }
+        assert!(!l.allow_at(flooder, 1, false, t1));
+        // Once every bucket refilled, the next pruning drops all of them: only the
+        // peers seen since are kept.
+        let t2 = t1 + Duration::from_secs(60);
+        let before = l.tracked();
+        let mut added = 0;
+        while l.tracked() >= before && added <= before * 2 {
+            l.allow_at(PeerId::random(), 1, false, t2);
+            added += 1;
+        }
+        assert_eq!(l.tracked(), added);
+        // A pruned peer starts again with full buckets, as it would have anyway.
+        assert!(l.allow_at(flooder, 1, false, t2));
+        assert!(l.allow_at(flooder, 1, false, t2));
+    }
+
+    #[test]
+    fn the_buckets_kept_are_bounded() {
+        let limit = RateLimit {
+            per_second: 0.0,
+            burst: 1.0,
+            bytes_per_second: 0.0,
+            burst_bytes: 1e9,
+        };
+        let mut l = RateLimiter::new(limit, 0.0);
+        let t0 = Instant::now();
+        for i in 0..MAX_TRACKED + 10 {
+            l.allow_at(
+                PeerId::random(),
+                1,
+                false,
+                t0 + Duration::from_micros(i as u64),
+            );
+        }
+        assert!(l.tracked() <= MAX_TRACKED, "{}", l.tracked());
     }
 
     #[test]

@@ -18,12 +18,18 @@ use crate::metrics::{TrafficLabels, ValueFormLabels};
 pub enum ItemRequest {
     /// A request within the limits.
     Message(RequestProto),
-    /// A frame longer than the limit: its body was skipped in small chunks, never held.
+    /// A frame longer than the limit, refused from its length prefix: its body was
+    /// either skipped in small chunks (never held) so the sender can read a typed
+    /// answer, or left unread (the stream is dropped after the answer).
     Oversized {
         /// The announced length.
         len: usize,
         /// The limit.
         limit: usize,
+        /// Whether the body was skipped; if not, it was left unread: far over the limit
+        /// (see [`ItemRequest::far_over_limit`]), or the node-wide budget for skipping
+        /// oversized frames was spent.
+        skipped: bool,
     },
 }
 
@@ -39,6 +45,12 @@ impl ItemRequest {
             },
             ItemRequest::Oversized { .. } => "oversized",
         }
+    }
+
+    /// Whether the request is a frame so far over the limit that it is no honest
+    /// mistake (its body is never read).
+    pub fn far_over_limit(&self) -> bool {
+        matches!(self, ItemRequest::Oversized { len, limit, .. } if *len > limit.saturating_mul(DRAIN_FACTOR))
     }
 
     /// The bytes the request carries, as counted by the per-peer byte budget: its
@@ -96,6 +108,46 @@ fn for_protocol(m: &mut RequestProto, protocol: &StreamProtocol, forms: &Forms) 
 /// `too_large` from a typed answer); longer ones reset the stream at once.
 const DRAIN_FACTOR: usize = 4;
 
+/// Bytes of oversized frames skipped per second over all peers, in largest messages:
+/// an honest peer with a larger limit gets its typed answer, a flood of oversized
+/// frames gets reset streams and costs this node next to nothing.
+const DRAIN_PER_SECOND: f64 = 2.0;
+
+/// The node-wide budget of oversized-frame bytes the codec may skip: a token bucket.
+#[derive(Debug)]
+pub struct DrainBudget {
+    per_second: f64,
+    burst: f64,
+    bucket: parking_lot::Mutex<(f64, std::time::Instant)>,
+}
+
+impl DrainBudget {
+    /// A budget of `per_second` bytes, `burst` at once.
+    pub fn new(per_second: f64, burst: f64) -> Self {
+        DrainBudget {
+            per_second,
+            burst,
+            bucket: parking_lot::Mutex::new((burst, std::time::Instant::now())),
+        }
+    }
+
+    /// Takes `bytes` if they are there.
+    fn take(&self, bytes: usize) -> bool {
+        let now = std::time::Instant::now();
+        let mut b = self.bucket.lock();
+        let (tokens, last) = *b;
+        let tokens =
+            (tokens + now.duration_since(last).as_secs_f64() * self.per_second).min(self.burst);
+        if tokens >= bytes as f64 {
+            *b = (tokens - bytes as f64, now);
+            true
+        } else {
+            *b = (tokens, now);
+            false
+        }
+    }
+}
+
 /// Bytes of inbound frames being read at once, over all peers.
 pub const INBOUND_BUFFER_BUDGET: usize = 48 * 1024 * 1024;
 
@@ -108,6 +160,8 @@ pub struct ItemCodec {
     pub max_message_len: usize,
     /// Bytes of inbound bodies being buffered, over every stream of the node.
     pub inbound_budget: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Bytes of oversized frames that may be skipped, over every stream of the node.
+    drain_budget: std::sync::Arc<DrainBudget>,
     traffic: Traffic,
     forms: Forms,
 }
@@ -145,6 +199,10 @@ impl ItemCodec {
         ItemCodec {
             max_message_len,
             inbound_budget: std::sync::Arc::new(tokio::sync::Semaphore::new(INBOUND_BUFFER_BUDGET)),
+            drain_budget: std::sync::Arc::new(DrainBudget::new(
+                DRAIN_PER_SECOND * max_message_len as f64,
+                (DRAIN_FACTOR * max_message_len) as f64,
+            )),
             traffic: Traffic {
                 inbound: get("in"),
                 outbound: get("out"),
@@ -169,25 +227,39 @@ impl ItemCodec {
 }
 
 /// What a frame's length prefix allowed.
+#[derive(Debug)]
 enum Frame {
     Body(Vec<u8>),
-    Oversized(usize),
+    /// Over the limit: its length, and whether its body was skipped (else unread).
+    Oversized(usize, bool),
+}
+
+/// How an inbound frame's length prefix is checked: the node-wide budgets (requests);
+/// none for responses, which are never over the limit from an honest peer.
+struct Budgets<'a> {
+    buffers: &'a tokio::sync::Semaphore,
+    drain: &'a DrainBudget,
 }
 
 async fn read_frame<T: AsyncRead + Unpin + Send>(
     io: &mut T,
     max: usize,
-    budget: Option<&tokio::sync::Semaphore>,
+    budget: Option<Budgets<'_>>,
 ) -> io::Result<Frame> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
     if len > max {
-        if budget.is_none() || len > max.saturating_mul(DRAIN_FACTOR) {
+        let Some(budget) = budget else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("message of {len} bytes exceeds the limit of {max}"),
             ));
+        };
+        // Far over the limit, or too many oversized bytes skipped lately: the body is
+        // left unread (the node answers, and drops the stream).
+        if len > max.saturating_mul(DRAIN_FACTOR) || !budget.drain.take(len) {
+            return Ok(Frame::Oversized(len, false));
         }
         // Skip the body in small chunks, so the sender gets a typed refusal.
         let mut chunk = [0u8; 8192];
@@ -197,8 +269,9 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(
             io.read_exact(&mut chunk[..n]).await?;
             left -= n;
         }
-        return Ok(Frame::Oversized(len));
+        return Ok(Frame::Oversized(len, true));
     }
+    let budget = budget.map(|b| b.buffers);
     // Reserve the body's bytes from the node-wide budget before allocating them.
     let _permit = match budget {
         Some(b) => Some(
@@ -246,16 +319,23 @@ impl libp2p::request_response::Codec for ItemCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        match read_frame(io, self.max_message_len, Some(&self.inbound_budget)).await? {
+        let budgets = Budgets {
+            buffers: &self.inbound_budget,
+            drain: &self.drain_budget,
+        };
+        match read_frame(io, self.max_message_len, Some(budgets)).await? {
             Frame::Body(b) => {
                 self.traffic.inbound.inc_by(4 + b.len() as u64);
                 decode(&b).map(ItemRequest::Message)
             }
-            Frame::Oversized(len) => {
-                self.traffic.inbound.inc_by(4 + len as u64);
+            Frame::Oversized(len, skipped) => {
+                self.traffic
+                    .inbound
+                    .inc_by(4 + if skipped { len as u64 } else { 0 });
                 Ok(ItemRequest::Oversized {
                     len,
                     limit: self.max_message_len,
+                    skipped,
                 })
             }
         }
@@ -274,7 +354,7 @@ impl libp2p::request_response::Codec for ItemCodec {
                 self.traffic.inbound.inc_by(4 + b.len() as u64);
                 decode(&b)
             }
-            Frame::Oversized(len) => Err(io::Error::new(
+            Frame::Oversized(len, _) => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("response of {len} bytes exceeds the limit"),
             )),
@@ -333,25 +413,63 @@ mod tests {
     #[tokio::test]
     async fn an_oversized_frame_is_refused_from_its_header_and_never_buffered() {
         let budget = tokio::sync::Semaphore::new(1024);
+        let drain = DrainBudget::new(0.0, 8_000.0);
+        let budgets = || {
+            Some(Budgets {
+                buffers: &budget,
+                drain: &drain,
+            })
+        };
         // Announced 4,000 bytes against a limit of 1,000: skipped, typed refusal.
         let mut io = Cursor::new(framed(4_000, &vec![7u8; 4_000]));
-        match read_frame(&mut io, 1_000, Some(&budget)).await.unwrap() {
-            Frame::Oversized(len) => assert_eq!(len, 4_000),
+        match read_frame(&mut io, 1_000, budgets()).await.unwrap() {
+            Frame::Oversized(len, skipped) => assert_eq!((len, skipped), (4_000, true)),
             Frame::Body(_) => panic!("buffered an oversized frame"),
         }
-        // Far over: refused before reading a byte of the body (here, none is there).
-        let mut io = Cursor::new(framed(1_000_000, b""));
-        assert!(read_frame(&mut io, 1_000, Some(&budget)).await.is_err());
+        // Far over: refused without reading a byte of the body.
+        let mut io = Cursor::new(framed(1_000_000, &[9u8; 10_000]));
+        assert!(matches!(
+            read_frame(&mut io, 1_000, budgets()).await.unwrap(),
+            Frame::Oversized(1_000_000, false)
+        ));
+        assert_eq!(io.position(), 4, "read past the length prefix");
         // Within the limit but over the node-wide budget: refused too.
         let mut io = Cursor::new(framed(900, &[1u8; 900]));
         let small = tokio::sync::Semaphore::new(100);
-        assert!(read_frame(&mut io, 1_000, Some(&small)).await.is_err());
+        let tight = Some(Budgets {
+            buffers: &small,
+            drain: &drain,
+        });
+        assert!(read_frame(&mut io, 1_000, tight).await.is_err());
         // Within both: read, and the budget is given back.
         let mut io = Cursor::new(framed(900, &[1u8; 900]));
         assert!(matches!(
-            read_frame(&mut io, 1_000, Some(&budget)).await.unwrap(),
+            read_frame(&mut io, 1_000, budgets()).await.unwrap(),
             Frame::Body(b) if b.len() == 900
         ));
         assert_eq!(budget.available_permits(), 1024);
+    }
+
+    #[tokio::test]
+    async fn oversized_frames_past_the_drain_budget_are_refused_unread() {
+        let budget = tokio::sync::Semaphore::new(1024);
+        // Room to skip 5,000 bytes, refilled at nothing per second.
+        let drain = DrainBudget::new(0.0, 5_000.0);
+        let mut skipped = 0;
+        for _ in 0..3 {
+            let mut io = Cursor::new(framed(2_000, &[7u8; 2_000]));
+            let budgets = Some(Budgets {
+                buffers: &budget,
+                drain: &drain,
+            });
+            match read_frame(&mut io, 1_000, budgets).await.unwrap() {
+                Frame::Oversized(2_000, true) => skipped += 1,
+                Frame::Oversized(2_000, false) => {
+                    assert_eq!(io.position(), 4, "read past the length prefix")
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(skipped, 2);
     }
 }

@@ -74,7 +74,7 @@ impl Request {
     pub fn decode(frame: ItemRequest, limits: &DecodeLimits) -> Result<Self, Refusal> {
         let frame = match frame {
             ItemRequest::Message(m) => m,
-            ItemRequest::Oversized { len, limit } => {
+            ItemRequest::Oversized { len, limit, .. } => {
                 return Err(Refusal::new(
                     ReasonCode::TooLarge.as_str(),
                     format!("message of {len} bytes exceeds the limit of {limit}"),
