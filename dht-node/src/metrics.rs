@@ -130,7 +130,8 @@ pub struct Metrics {
     /// `rate_limited` refusals to strangers held back a second before they were sent.
     pub refusals_held: Counter,
     /// Peers banned for breaking the item protocol on purpose (frames far over the
-    /// limit, a stranger's oversized frames past its byte budget).
+    /// limit, a stranger's oversized frames past its byte budget, a stranger that kept
+    /// sending past its refusals).
     pub peers_banned: Counter,
     /// Substream bytes by application protocol and direction (multistream-select
     /// negotiation included; noise and yamux framing excluded).

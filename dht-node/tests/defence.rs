@@ -422,6 +422,54 @@ async fn a_stranger_flood_is_throttled_while_publishers_and_owners_keep_writing(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_that_keeps_sending_past_its_refusals_is_banned_and_full_nodes_are_not() {
+    // Full nodes may send 40 requests at once; a stranger 2, and is refused at most 100
+    // more (at no rate) before it is taken for a flood.
+    let mut config = NodeConfig::local();
+    config.rate_limit = RateLimit {
+        per_second: 0.0,
+        burst: 40.0,
+        bytes_per_second: 0.0,
+        burst_bytes: 1e9,
+    };
+    let net = Testnet::builder(2).config(config).build().await.unwrap();
+    assert!(net.wait_for_routing(1, Duration::from_secs(10)).await);
+    let replica = net.nodes[0].peer_id();
+    let flooder = stranger(&net, 1024 * 1024).await;
+    let get = || RequestProto {
+        kind: Some(request_proto::Kind::Get(GetRequestProto {
+            target: Bytes::from(vec![7u8; 32]),
+        })),
+    };
+    let banned = || {
+        net.nodes[0]
+            .metrics()
+            .encode()
+            .contains("dht_peers_banned_total 1")
+    };
+    // Waves of gets in parallel, ignoring every refusal (each wave's refusals are held
+    // a second, so about 32 a second count).
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !banned() && std::time::Instant::now() < deadline {
+        futures::future::join_all((0..40).map(|_| flooder.request(replica, get()))).await;
+    }
+    assert!(banned(), "{}", net.nodes[0].metrics().encode());
+    // Banned: its requests fail now, at once rather than after a held refusal.
+    let started = std::time::Instant::now();
+    assert!(flooder.request(replica, get()).await.is_err());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // A full node sending more requests than that is refused, never banned.
+    let full = &net.nodes[1];
+    for _ in 0..5 {
+        futures::future::join_all((0..40).map(|_| full.request(replica, get()))).await;
+    }
+    assert!(banned());
+    assert!(full.request(replica, get()).await.is_ok());
+    flooder.shutdown().await;
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_client_waits_for_its_refusals_while_full_nodes_get_them_at_once() {
     // Full nodes may send 40 requests; a stranger a twentieth of that: 2.
     let mut config = NodeConfig::local();

@@ -175,7 +175,8 @@ impl Driver {
 
     /// Refuses `rate_limited`: at once for a full node; for a stranger after
     /// [`HOLD_REFUSAL`], while fewer than [`HELD_PER_STRANGER`] of its refusals (and
-    /// [`HELD_IN_ALL`] in all) are held.
+    /// [`HELD_IN_ALL`] in all) are held. A stranger that keeps sending past its
+    /// refusals (more than its burst's worth beyond its rate) is banned instead.
     fn refuse_rate_limited(
         &mut self,
         peer: PeerId,
@@ -183,6 +184,10 @@ impl Driver {
         channel: ResponseChannel<ResponseFrame>,
         detail: &'static str,
     ) {
+        if stranger && self.limiter.strike(peer) {
+            self.ban(peer, "kept sending past its rate-limit refusals");
+            return;
+        }
         let held_in_all: usize = self.held.values().sum();
         let held = self.held.entry(peer).or_default();
         if !stranger || *held >= HELD_PER_STRANGER || held_in_all >= HELD_IN_ALL {

@@ -57,11 +57,34 @@ const MAX_TRACKED: usize = 65_536;
 pub(super) struct RateLimiter {
     limit: RateLimit,
     stranger: RateLimit,
-    buckets: HashMap<PeerId, (Bucket, Bucket)>,
+    buckets: HashMap<PeerId, Buckets>,
     /// Idle time after which any bucket is full again.
     refill: std::time::Duration,
     /// Size of `buckets` at which they are next pruned.
     prune_at: usize,
+}
+
+/// A stranger is refused at least this many requests (beyond its rate) before it is
+/// taken for a flood.
+const REFUSALS_AT_LEAST: f64 = 100.0;
+
+/// One peer's buckets.
+#[derive(Debug, Clone, Copy)]
+struct Buckets {
+    requests: Bucket,
+    bytes: Bucket,
+    /// Room for refused requests: a stranger that keeps sending past refusals empties
+    /// it (see [`RateLimiter::strike`]).
+    refusals: Bucket,
+}
+
+impl Buckets {
+    fn last(&self) -> Instant {
+        self.requests
+            .last
+            .max(self.bytes.last)
+            .max(self.refusals.last)
+    }
 }
 
 /// How long an empty bucket of `l` takes to refill (a rate of zero: ten minutes).
@@ -97,30 +120,51 @@ impl RateLimiter {
         if self.buckets.len() >= self.prune_at && !self.buckets.contains_key(&peer) {
             self.prune(now);
         }
-        let full = |tokens| Bucket { tokens, last: now };
-        let (requests, volume) = self
-            .buckets
-            .entry(peer)
-            .or_insert((full(l.burst), full(l.burst_bytes)));
+        let b = self.entry(peer, stranger, now);
         // Check both before taking from either.
-        let mut r = *requests;
-        let mut v = *volume;
+        let mut r = b.requests;
+        let mut v = b.bytes;
         if r.take(1.0, l.per_second, l.burst, now)
             && v.take(bytes as f64, l.bytes_per_second, l.burst_bytes, now)
         {
-            *requests = r;
-            *volume = v;
+            b.requests = r;
+            b.bytes = v;
             true
         } else {
             false
         }
     }
 
+    fn entry(&mut self, peer: PeerId, stranger: bool, now: Instant) -> &mut Buckets {
+        let l = if stranger { self.stranger } else { self.limit };
+        let full = |tokens| Bucket { tokens, last: now };
+        self.buckets.entry(peer).or_insert(Buckets {
+            requests: full(l.burst),
+            bytes: full(l.burst_bytes),
+            refusals: full(self.stranger.burst.max(REFUSALS_AT_LEAST)),
+        })
+    }
+
+    /// Counts one refused request of a stranger. Whether the stranger has now been
+    /// refused more than its burst's worth of requests (at least
+    /// [`REFUSALS_AT_LEAST`]) beyond its rate: it keeps sending regardless of
+    /// refusals, a flood rather than a client.
+    pub(super) fn strike(&mut self, peer: PeerId) -> bool {
+        self.strike_at(peer, Instant::now())
+    }
+
+    fn strike_at(&mut self, peer: PeerId, now: Instant) -> bool {
+        let l = self.stranger;
+        let b = self.entry(peer, true, now);
+        let room = l.burst.max(REFUSALS_AT_LEAST);
+        !b.refusals.take(1.0, l.per_second, room, now)
+    }
+
     /// Drops the buckets that have refilled (forgetting them changes nothing), and, past
     /// [`MAX_TRACKED`], the longest idle.
     fn prune(&mut self, now: Instant) {
         let refill = self.refill;
-        let idle = |(r, v): &(Bucket, Bucket)| now.duration_since(r.last.max(v.last));
+        let idle = |b: &Buckets| now.duration_since(b.last());
         self.buckets.retain(|_, b| idle(b) < refill);
         if self.buckets.len() >= MAX_TRACKED {
             let mut ages: Vec<_> = self.buckets.values().map(idle).collect();
@@ -230,6 +274,36 @@ mod tests {
         // A pruned peer starts again with full buckets, as it would have anyway.
         assert!(l.allow_at(flooder, 1, false, t2));
         assert!(l.allow_at(flooder, 1, false, t2));
+    }
+
+    #[test]
+    fn a_stranger_refused_past_its_burst_is_struck_out() {
+        let limit = RateLimit {
+            per_second: 200.0,
+            burst: 4_000.0,
+            bytes_per_second: 1e9,
+            burst_bytes: 1e9,
+        };
+        // Strangers: 10 requests a second, a burst of 200.
+        let mut l = RateLimiter::new(limit, 0.0);
+        let t0 = Instant::now();
+        let (flooder, client) = (PeerId::random(), PeerId::random());
+        assert_eq!(
+            (0..1_000)
+                .filter(|_| l.allow_at(flooder, 1, true, t0))
+                .count(),
+            200
+        );
+        // 200 refusals are tolerated; the 201st strikes the flooder out.
+        assert_eq!((0..300).position(|_| l.strike_at(flooder, t0)), Some(200));
+        // A client refused now and then, at no more than its rate, never is.
+        for i in 0..1_000u64 {
+            let t = t0 + Duration::from_millis(100 * i);
+            if !l.allow_at(client, 1, true, t) {
+                assert!(!l.strike_at(client, t));
+            }
+            l.allow_at(client, 1, true, t);
+        }
     }
 
     #[test]
