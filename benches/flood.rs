@@ -66,6 +66,8 @@ pub struct FloodFigures {
     pub flooded: Pcts,
     pub control: Pcts,
     pub rate_limited: u64,
+    /// Times the flooded node banned the flooder (`dht_peers_banned_total`).
+    pub banned: u64,
     pub peak_rss_mb: f64,
     pub after_rss_mb: f64,
     pub idle_rss_mb: f64,
@@ -375,6 +377,7 @@ pub async fn run(bin: &Path, secs: u64, in_flight: usize, busy: bool) -> anyhow:
             None
         };
         let throttled = counter(&flooded.metrics, "dht_strangers_throttled_total").await;
+        let banned = counter(&flooded.metrics, "dht_peers_banned_total").await;
         out.push(FloodFigures {
             kind,
 
@@ -383,6 +386,7 @@ pub async fn run(bin: &Path, secs: u64, in_flight: usize, busy: bool) -> anyhow:
             flooded: pcts(on_flooded),
             control: pcts(on_control),
             rate_limited: rate_limited + throttled,
+            banned,
             peak_rss_mb: peak,
             after_rss_mb: after,
             idle_rss_mb: idle_rss,
@@ -424,7 +428,9 @@ pub fn markdown(runs: &[FloodRun], secs: u64, in_flight: usize) -> String {
          Latencies in ms; ratio = flooded / control. `tried/s` counts the flooder's \
          attempts, including those its own stream limit failed at once while the flooded \
          node held its refusals; `MB/s reaching it` is the item-protocol bytes the flooded \
-         node read (`dht_protocol_bytes_total`).\n"
+         node read (`dht_protocol_bytes_total`); `banned` counts the bans of the flooder \
+         (30 s each: for frames far over the limit, oversized frames past its byte budget, \
+         or requests past its refusals).\n"
     );
     for run in runs {
         md.push_str(&format!(
@@ -439,8 +445,8 @@ pub fn markdown(runs: &[FloodRun], secs: u64, in_flight: usize) -> String {
 
 fn table(rows: &[FloodFigures]) -> String {
     let mut md = String::from(
-        "| flood | tried/s | MB/s reaching it | honest get p50 flooded / control | p99 flooded / control | p99 ratio | rate-limited | RSS idle / peak / 2 s after (MB) |\n\
-         |---|---|---|---|---|---|---|---|\n",
+        "| flood | tried/s | MB/s reaching it | honest get p50 flooded / control | p99 flooded / control | p99 ratio | rate-limited | banned | RSS idle / peak / 2 s after (MB) |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let ratio = if r.control.p99 > 0.0 {
@@ -449,7 +455,7 @@ fn table(rows: &[FloodFigures]) -> String {
             0.0
         };
         md.push_str(&format!(
-            "| {} | {:.0} | {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2}x | {} | {:.0} / {:.0} / {:.0} |\n",
+            "| {} | {:.0} | {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2}x | {} | {} | {:.0} / {:.0} / {:.0} |\n",
             r.kind.name(),
             r.per_second,
             r.received_mb_per_second,
@@ -459,6 +465,7 @@ fn table(rows: &[FloodFigures]) -> String {
             r.control.p99,
             ratio,
             r.rate_limited,
+            r.banned,
             r.idle_rss_mb,
             r.peak_rss_mb,
             r.after_rss_mb,

@@ -133,6 +133,9 @@ pub struct Metrics {
     /// limit, a stranger's oversized frames past its byte budget, a stranger that kept
     /// sending past its refusals).
     pub peers_banned: Counter,
+    /// New inbound connections dropped before their handshake: from the address of a
+    /// banned peer, over its one a second.
+    pub connections_throttled: Counter,
     /// Substream bytes by application protocol and direction (multistream-select
     /// negotiation included; noise and yamux framing excluded).
     pub protocol_bytes: Family<ProtocolBytesLabels, Counter>,
@@ -188,6 +191,7 @@ impl Metrics {
             protocol_bytes: Family::default(),
             refusals_held: Counter::default(),
             peers_banned: Counter::default(),
+            connections_throttled: Counter::default(),
             strangers_throttled: Counter::default(),
             put_value_forms: Family::default(),
             put_need_base: Counter::default(),
@@ -236,6 +240,11 @@ impl Metrics {
                 "peers_banned",
                 "Peers banned for 30 s for breaking the item protocol on purpose",
                 m.peers_banned.clone(),
+            );
+            r.register(
+                "connections_throttled",
+                "New inbound connections dropped before their handshake (from a banned peer's address, over one a second)",
+                m.connections_throttled.clone(),
             );
             r.register(
                 "protocol_bytes",

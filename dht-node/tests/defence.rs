@@ -276,6 +276,9 @@ async fn values_over_the_limit_are_refused_from_the_frame_header() {
         }
         other => panic!("expected too_large, got {other:?}"),
     }
+    // Another client, connected before the ban (new connections from the banned
+    // peer's address are throttled while it lasts).
+    let other = stranger(&net, 1024 * 1024).await;
     // 5 MiB, far over: the stream is reset without reading the body, and the sender is
     // banned (disconnected, its connections refused for a while).
     let items_in = || protocol_bytes(&net.nodes[0].metrics().encode(), "items", "in");
@@ -299,7 +302,6 @@ async fn values_over_the_limit_are_refused_from_the_frame_header() {
         ReplicaResult::Failed(_)
     ));
     // The node keeps serving everyone else, and counted the refusals.
-    let other = stranger(&net, 1024 * 1024).await;
     assert!(matches!(
         other
             .send_item_to(replica, &ok, PutOptions::default())
@@ -454,10 +456,18 @@ async fn a_stranger_that_keeps_sending_past_its_refusals_is_banned_and_full_node
         futures::future::join_all((0..40).map(|_| flooder.request(replica, get()))).await;
     }
     assert!(banned(), "{}", net.nodes[0].metrics().encode());
-    // Banned: its requests fail now, at once rather than after a held refusal.
+    // Banned: its requests fail now, at once rather than after a held refusal, and
+    // its redials from the same address are dropped before their handshake (past two).
     let started = std::time::Instant::now();
-    assert!(flooder.request(replica, get()).await.is_err());
+    for _ in 0..5 {
+        assert!(flooder.request(replica, get()).await.is_err());
+    }
     assert!(started.elapsed() < Duration::from_secs(5));
+    let text = net.nodes[0].metrics().encode();
+    assert!(
+        !text.contains("dht_connections_throttled_total 0"),
+        "{text}"
+    );
     // A full node sending more requests than that is refused, never banned.
     let full = &net.nodes[1];
     for _ in 0..5 {

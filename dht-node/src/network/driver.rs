@@ -267,6 +267,7 @@ impl Driver {
             })) => self.heard_from(peer),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(_)) => {}
             SwarmEvent::Behaviour(BehaviourEvent::Blocked(never)) => match never {},
+            SwarmEvent::Behaviour(BehaviourEvent::Gate(never)) => match never {},
             SwarmEvent::Behaviour(BehaviourEvent::Items(e)) => self.on_items(e),
             SwarmEvent::NewListenAddr { address, .. } => {
                 info!(%address, "listening");
@@ -322,7 +323,7 @@ impl Driver {
 }
 
 /// The IP of an address, if it has one.
-fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
+pub(super) fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
     addr.iter().find_map(|p| match p {
         libp2p::multiaddr::Protocol::Ip4(ip) => Some(ip.into()),
         libp2p::multiaddr::Protocol::Ip6(ip) => Some(ip.into()),

@@ -25,9 +25,10 @@ const MAX_HANDLING_PER_FULL_NODE: usize = 128;
 /// `MAX_STREAMS_PER_CONNECTION` per connection) tied up waiting, and its flood slows
 /// to a trickle instead of costing this node a refusal per request.
 const HOLD_REFUSAL: Duration = Duration::from_secs(1);
-/// Refusals held per stranger at once (one connection's streams); past it they are
-/// sent at once.
-const HELD_PER_STRANGER: usize = 32;
+/// Refusals held per stranger at once (half of one connection's streams); past it they
+/// are sent at once, so that a stranger sending regardless of them soon has its refusals
+/// counted and is banned (rather than its streams being dropped unseen at capacity).
+const HELD_PER_STRANGER: usize = 16;
 /// Refusals held for all strangers together.
 const HELD_IN_ALL: usize = 4_096;
 
@@ -154,11 +155,15 @@ impl Driver {
         );
     }
 
-    /// Bans `peer` for [`BAN_TIME`]: its connections are closed and refused until then.
+    /// Bans `peer` for [`BAN_TIME`]: its connections are closed and refused until then,
+    /// and new connections from its address are throttled (see `gate`).
     fn ban(&mut self, peer: PeerId, why: &'static str) {
         if self.bans.ban(peer, Instant::now()) {
             self.state.metrics.peers_banned.inc();
             info!(%peer, why, secs = BAN_TIME.as_secs(), "peer banned");
+            if let Some(ip) = self.remote_ips.get(&peer).copied() {
+                self.swarm.behaviour_mut().gate.throttle(ip, BAN_TIME);
+            }
             self.swarm.behaviour_mut().blocked.block_peer(peer);
         } else {
             let _ = self.swarm.disconnect_peer_id(peer);

@@ -10,13 +10,14 @@
 //! - [`kad_events`]: routing-table updates and inbound kad records;
 //! - [`item_requests`]: inbound and outbound item-protocol traffic, with
 //!   [`rate_limit`]'s per-peer buckets in front and [`bans`] for peers that break the
-//!   protocol on purpose;
+//!   protocol on purpose ([`gate`] throttles new connections from their addresses);
 //! - [`client`]: the handle (typed requests, lookups, commands).
 
 mod bans;
 mod client;
 mod commands;
 mod driver;
+mod gate;
 mod item_requests;
 mod kad_events;
 mod rate_limit;

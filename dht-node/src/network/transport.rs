@@ -38,6 +38,7 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
     pub(super) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    pub(super) gate: super::gate::Gate,
     pub(super) kad: kad::Behaviour<ItemRecordStore>,
     pub(super) identify: identify::Behaviour,
     pub(super) ping: ping::Behaviour,
@@ -102,6 +103,7 @@ pub(crate) fn build_swarm(
         );
         Behaviour {
             blocked: Default::default(),
+            gate: super::gate::Gate::new(metrics.connections_throttled.clone()),
             kad,
             identify,
             ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
