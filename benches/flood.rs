@@ -17,7 +17,7 @@ use futures::StreamExt;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::memory::rss_mb;
+use crate::memory::{cpu_seconds, rss_mb};
 use crate::{pcts, Pcts};
 
 /// The kinds of flood.
@@ -68,6 +68,8 @@ pub struct FloodFigures {
     pub rate_limited: u64,
     /// Times the flooded node banned the flooder (`dht_peers_banned_total`).
     pub banned: u64,
+    /// Cores the flooded and the control node used during the flood.
+    pub cpu: (f64, f64),
     pub peak_rss_mb: f64,
     pub after_rss_mb: f64,
     pub idle_rss_mb: f64,
@@ -309,6 +311,7 @@ pub async fn run(bin: &Path, secs: u64, in_flight: usize, busy: bool) -> anyhow:
         let flooded = start_node(bin).await?;
         let control = start_node(bin).await?;
         let pid = flooded.child.id().context("pid")?;
+        let control_pid = control.child.id().context("pid")?;
         let honest = client(&[&flooded, &control], 1024 * 1024).await?;
         // The honest reads: an item on each node.
         let owner = SigningKey::generate_ed25519();
@@ -328,6 +331,7 @@ pub async fn run(bin: &Path, secs: u64, in_flight: usize, busy: bool) -> anyhow:
             counter_with(&flooded.metrics, "dht_protocol_bytes_total", items_in).await;
         let (mut flooder, mut flooder_out) = start_flooder(&flooded, kind, secs, in_flight).await?;
         let stop = Instant::now() + Duration::from_secs(secs);
+        let cpu_before = (cpu_seconds(pid), cpu_seconds(control_pid));
         let sampler = tokio::spawn(async move {
             let mut peak: f64 = 0.0;
             while Instant::now() < stop {
@@ -351,6 +355,10 @@ pub async fn run(bin: &Path, secs: u64, in_flight: usize, busy: bool) -> anyhow:
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let peak = sampler.await.unwrap_or(0.0);
+        let cpu = (
+            (cpu_seconds(pid) - cpu_before.0) / secs as f64,
+            (cpu_seconds(control_pid) - cpu_before.1) / secs as f64,
+        );
         drop(hog);
         let mut sent = 0u64;
         let report = tokio::time::timeout(Duration::from_secs(10), async {
@@ -387,6 +395,7 @@ pub async fn run(bin: &Path, secs: u64, in_flight: usize, busy: bool) -> anyhow:
             control: pcts(on_control),
             rate_limited: rate_limited + throttled,
             banned,
+            cpu,
             peak_rss_mb: peak,
             after_rss_mb: after,
             idle_rss_mb: idle_rss,
@@ -445,8 +454,8 @@ pub fn markdown(runs: &[FloodRun], secs: u64, in_flight: usize) -> String {
 
 fn table(rows: &[FloodFigures]) -> String {
     let mut md = String::from(
-        "| flood | tried/s | MB/s reaching it | honest get p50 flooded / control | p99 flooded / control | p99 ratio | rate-limited | banned | RSS idle / peak / 2 s after (MB) |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
+        "| flood | tried/s | MB/s reaching it | honest get p50 flooded / control | p99 flooded / control | p99 ratio | rate-limited | banned | cores flooded / control | RSS idle / peak / 2 s after (MB) |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let ratio = if r.control.p99 > 0.0 {
@@ -455,7 +464,7 @@ fn table(rows: &[FloodFigures]) -> String {
             0.0
         };
         md.push_str(&format!(
-            "| {} | {:.0} | {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2}x | {} | {} | {:.0} / {:.0} / {:.0} |\n",
+            "| {} | {:.0} | {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2}x | {} | {} | {:.2} / {:.2} | {:.0} / {:.0} / {:.0} |\n",
             r.kind.name(),
             r.per_second,
             r.received_mb_per_second,
@@ -466,6 +475,8 @@ fn table(rows: &[FloodFigures]) -> String {
             ratio,
             r.rate_limited,
             r.banned,
+            r.cpu.0,
+            r.cpu.1,
             r.idle_rss_mb,
             r.peak_rss_mb,
             r.after_rss_mb,
