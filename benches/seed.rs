@@ -33,6 +33,8 @@ pub struct SeedFigures {
     pub items_per_s: f64,
     /// Loopback bytes sent during the mirroring (all layers, all nodes).
     pub bytes_sent: u64,
+    /// Substream bytes sent per application protocol (MB), all nodes.
+    pub by_protocol: Vec<(String, f64)>,
     /// Item value bytes (one copy per edge).
     pub value_bytes: u64,
     /// Reads (edge x node) that did not return the full list.
@@ -98,6 +100,17 @@ fn edges_of(entries: &[TransportEntry]) -> BTreeSet<PublicKey> {
         .collect()
 }
 
+impl SeedFigures {
+    /// MB sent on `protocol`'s substreams.
+    fn protocol_mb(&self, protocol: &str) -> f64 {
+        self.by_protocol
+            .iter()
+            .filter(|(p, _)| p == protocol)
+            .map(|(_, mb)| mb)
+            .sum()
+    }
+}
+
 /// Runs one scale (1: production, 10: ten times larger) on `nodes` nodes.
 pub async fn run(scale: usize, nodes: usize) -> anyhow::Result<SeedFigures> {
     let (total, visors, hubs, per_hub) = if scale >= 10 {
@@ -138,6 +151,7 @@ pub async fn run(scale: usize, nodes: usize) -> anyhow::Result<SeedFigures> {
     }
     let mirror_s = started.elapsed().as_secs_f64();
     let bytes_sent = crate::loopback_tx().0.saturating_sub(lo0);
+    let by_protocol = protocol_bytes_out(&net);
     let expected: Vec<(PublicKey, Vec<u8>)> = edges
         .iter()
         .map(|e| (*e, encode_transport_list(&store.list(e))))
@@ -178,9 +192,38 @@ pub async fn run(scale: usize, nodes: usize) -> anyhow::Result<SeedFigures> {
         converged_s,
         items_per_s: edges.len() as f64 / mirror_s.max(1e-9),
         bytes_sent,
+        by_protocol,
         value_bytes,
         failures: pending.len() + failed_keys,
     })
+}
+
+/// Substream bytes sent by all the nodes, per application protocol
+/// (`dht_protocol_bytes_total{direction="out"}`), in MB.
+fn protocol_bytes_out(net: &Testnet) -> Vec<(String, f64)> {
+    let mut by: std::collections::BTreeMap<String, f64> = Default::default();
+    for node in &net.nodes {
+        for line in node.metrics().encode().lines() {
+            let Some(rest) = line.strip_prefix("dht_protocol_bytes_total{") else {
+                continue;
+            };
+            if !rest.contains("direction=\"out\"") {
+                continue;
+            }
+            let protocol = rest
+                .split("protocol=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("?");
+            let value: f64 = line
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0);
+            *by.entry(protocol.to_string()).or_default() += value / 1e6;
+        }
+    }
+    by.into_iter().collect()
 }
 
 /// The markdown table of the seed scenario.
@@ -196,13 +239,15 @@ pub fn markdown(rows: &[SeedFigures]) -> String {
          HTTP response, read (first valid answer) from every one of the nodes. With k = 20 on \
          20 nodes every node is a replica, so most reads are local. Bytes: loopback bytes \
          sent during the mirroring, all layers and all nodes (each edge's item goes to ~20 \
-         replicas, each touched again in later batches).\n\n\
-         | scale | transports | edges | hubs x list | largest value | mirrored in | items/s | every edge from every node after | bytes sent | value bytes (one copy) | failures |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n",
+         replicas, each touched again in later batches); of them, the substream bytes of \
+         each application protocol (`dht_protocol_bytes_total`, sent, all nodes: the rest \
+         is noise, yamux and TCP/IP framing).\n\n\
+         | scale | transports | edges | hubs x list | largest value | mirrored in | items/s | every edge from every node after | bytes sent | of which item protocol / kad / other | value bytes (one copy) | failures |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         s.push_str(&format!(
-            "| {}x | {} | {} | {} x {} | {:.1} KB | {:.1} s | {:.0} | {:.1} s | {:.1} MB | {:.1} MB | {} |\n",
+            "| {}x | {} | {} | {} x {} | {:.1} KB | {:.1} s | {:.0} | {:.1} s | {:.1} MB | {:.1} / {:.1} / {:.1} MB | {:.1} MB | {} |\n",
             r.scale,
             r.transports,
             r.edges,
@@ -213,6 +258,13 @@ pub fn markdown(rows: &[SeedFigures]) -> String {
             r.items_per_s,
             r.converged_s,
             r.bytes_sent as f64 / 1e6,
+            r.protocol_mb("items"),
+            r.protocol_mb("kad"),
+            r.by_protocol
+                .iter()
+                .filter(|(p, _)| p != "items" && p != "kad")
+                .map(|(_, mb)| mb)
+                .sum::<f64>(),
             r.value_bytes as f64 / 1e6,
             r.failures
         ));

@@ -115,7 +115,7 @@ impl SentValues {
 }
 
 /// Values shorter than this go as they are: coding them saves too little.
-pub(crate) const MIN_CODED_VALUE: usize = 1024;
+pub(crate) const MIN_CODED_VALUE: usize = 256;
 
 /// The wire forms of one put's value, shared by the replicas it goes to. Peers that only
 /// speak item protocol 1.0.0 get the value as is whatever these say (the codec decides).
