@@ -1,5 +1,6 @@
 //! The put query. The item goes at once to the responsible set as the routing table knows
-//! it (stand-ins replacing replicas that are down) while a lookup confirms the set; the
+//! it (stand-ins replacing replicas that are down) while a lookup confirms the set (none
+//! when the table holds the whole membership: `NodeState::membership_known`); the
 //! put returns as soon as a majority of the responsible set holds the item and the
 //! stragglers had a grace of twice what the majority took (never a timeout's worth). What
 //! is still in flight then finishes in the background.
@@ -250,7 +251,9 @@ impl Node {
             placement: Placement::default(),
             asked: HashSet::new(),
             pending: FuturesUnordered::new(),
-            lookup: Some(lookup),
+            // A table that holds the whole membership already names the responsible
+            // set: no lookup (its requests would be most of the put's bytes).
+            lookup: (!self.inner.state.membership_known()).then_some(lookup),
             outcomes: Vec::new(),
             local,
         };

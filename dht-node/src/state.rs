@@ -39,6 +39,9 @@ pub(crate) struct NodeState {
     /// then on a routing table smaller than `k` is taken as the whole membership, and
     /// queries answer from it without waiting for their lookup.
     bootstrapped: AtomicBool,
+    /// Whether no k-bucket of the routing table is full: every full node this node has
+    /// heard of is in it (see [`NodeState::membership_known`]).
+    buckets_have_room: AtomicBool,
 }
 
 impl NodeState {
@@ -59,6 +62,7 @@ impl NodeState {
             store: RwLock::new(store),
             caught_up: AtomicBool::new(caught_up),
             bootstrapped: AtomicBool::new(false),
+            buckets_have_room: AtomicBool::new(false),
         }
     }
 
@@ -76,6 +80,20 @@ impl NodeState {
     /// bootstrap round has finished.
     pub fn table_is_membership(&self) -> bool {
         self.bootstrapped.load(Ordering::Acquire)
+    }
+
+    /// Whether the routing table holds the whole membership of full nodes: a bootstrap
+    /// round finished and no k-bucket is full (none had to leave a full node out). Then
+    /// the responsible set of any target is computed from the table alone (one hop), and
+    /// a put needs no lookup to confirm it: a small network of full nodes (tens of DMSG
+    /// servers) is always in this state.
+    pub fn membership_known(&self) -> bool {
+        self.table_is_membership() && self.buckets_have_room.load(Ordering::Acquire)
+    }
+
+    /// Records whether every k-bucket has room.
+    pub fn set_buckets_have_room(&self, room: bool) {
+        self.buckets_have_room.store(room, Ordering::Release);
     }
 
     /// Records that a bootstrap round finished (or that there is nobody to ask).

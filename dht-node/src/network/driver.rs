@@ -226,7 +226,9 @@ impl Driver {
 
     pub(super) fn refresh_view(&mut self) {
         let mut peers = HashMap::new();
+        let mut room = true;
         for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+            room &= bucket.num_entries() < kad::K_VALUE.get();
             for e in bucket.iter() {
                 peers.insert(
                     *e.node.key.preimage(),
@@ -239,6 +241,7 @@ impl Driver {
             .routing_table_peers
             .set(peers.len() as i64);
         self.state.view.replace(peers);
+        self.state.set_buckets_have_room(room);
         self.view_dirty = false;
     }
 
