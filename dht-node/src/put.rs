@@ -11,7 +11,7 @@
 //! waits for the responsible replicas still in flight up to [`GIVE_UP_DEADLINES`] of
 //! their deadlines, and for the lookup up to [`LOOKUP_DEADLINES`] typical deadlines;
 //! then it returns what is true: no majority (yet), with the replicas still pending
-//! named in the report.
+//! named in the report, and [`NodeEvent::PutFinished`] tells what became of them.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -26,6 +26,7 @@ use libp2p::PeerId;
 use tracing::{debug, instrument};
 
 use crate::config::NodeMode;
+use crate::events::NodeEvent;
 use crate::network::PeerList;
 use crate::node::Node;
 use crate::placement::Placement;
@@ -43,6 +44,10 @@ pub(crate) const GIVE_UP_DEADLINES: u32 = 3;
 /// many typical request deadlines (a lookup is a few rounds of requests; kad itself
 /// would wait up to ten seconds for an unresponsive peer).
 pub(crate) const LOOKUP_DEADLINES: u32 = 4;
+
+/// Most spares one put asks in place of slow or failed replicas: stand-ins never make
+/// the majority, and an overloaded network must not be sent twice the requests.
+const MAX_HEDGES: usize = 4;
 
 /// One put in progress.
 struct PutQuery {
@@ -106,8 +111,12 @@ impl PutQuery {
         );
     }
 
-    /// Asks the nearest spare not asked yet in place of a slow or failed replica.
+    /// Asks the nearest spare not asked yet in place of a slow or failed replica (at
+    /// most [`MAX_HEDGES`] per put).
     fn hedge(&mut self) {
+        if self.hedged.len() >= MAX_HEDGES {
+            return;
+        }
         let spare = self
             .placement
             .spares
@@ -436,6 +445,12 @@ impl Node {
                     failed = late.failed().len(),
                     "put finished in the background"
                 );
+                query.node.inner.state.emit(NodeEvent::PutFinished {
+                    target: late.target,
+                    seq: late.seq,
+                    responsible_stored: late.responsible_stored(),
+                    majority: late.majority_stored(),
+                });
             });
         }
         debug!(

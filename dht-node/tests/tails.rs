@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dht_core::{MutableItem, SigningKey};
-use dht_node::{closest_of, target_key, GetMode, Node, NodeConfig, PeerId, Testnet};
+use dht_node::{closest_of, target_key, GetMode, Node, NodeConfig, NodeEvent, PeerId, Testnet};
+use tokio::sync::broadcast::error::RecvError;
 
 /// How long a stalled replica holds every item request.
 const STALL: Duration = Duration::from_secs(4);
@@ -72,6 +73,7 @@ async fn a_put_whose_replicas_stall_returns_within_deadlines_with_an_honest_repo
         net.nodes[i].set_answer_delay(STALL);
     }
     let v2 = MutableItem::sign(&key, key.public_key(), "svc", 2, Bytes::from_static(b"[2]"));
+    let mut events = writer.subscribe();
     let t = Instant::now();
     let report = writer.put(v2.clone()).await.unwrap();
     let took = t.elapsed();
@@ -86,14 +88,27 @@ async fn a_put_whose_replicas_stall_returns_within_deadlines_with_an_honest_repo
         assert!(!report.responsible.contains(s), "{}", report.to_json());
     }
 
-    // The stalled replicas still get the item: the put finishes in the background.
+    // The stalled replicas still get the item: the put finishes in the background and
+    // says so.
+    let finished = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match events.recv().await {
+                Ok(NodeEvent::PutFinished {
+                    target,
+                    seq: 2,
+                    responsible_stored,
+                    majority,
+                }) if target == v2.target() => break (responsible_stored, majority),
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => panic!("node stopped"),
+            }
+        }
+    })
+    .await
+    .expect("a PutFinished event");
+    assert_eq!(finished, (5, true));
     let stalled_nodes: Vec<&Node> = responsible[..3].iter().map(|&i| &net.nodes[i]).collect();
-    wait_for(
-        "the stalled replicas store the item once they answer",
-        Duration::from_secs(15),
-        || stalled_nodes.iter().all(|n| holds(n, &v2)),
-    )
-    .await;
+    assert!(stalled_nodes.iter().all(|n| holds(n, &v2)));
     net.shutdown().await;
 }
 
