@@ -4,12 +4,13 @@
 //! stragglers had a grace of twice what the majority took (never a timeout's worth). What
 //! is still in flight then finishes in the background.
 //!
-//! No put waits on a slow replica for a timeout. Each request has a deadline derived from
-//! the peer's observed round trips ([`crate::rtt`]); a replica past it (or one that
-//! failed) is hedged: the next live peer beyond the responsible set gets the item too
-//! (a stand-in, which never counts towards the majority). Without a majority, the put
+//! No put waits a timeout on a slow replica while others answer. Each request has a
+//! deadline derived from the peer's observed round trips ([`crate::rtt`]); a replica
+//! past it (or one that failed) is hedged: the next live peer beyond the responsible set
+//! gets the item too (a stand-in, which never counts towards the majority). Without a majority, the put
 //! waits for the responsible replicas still in flight up to [`GIVE_UP_DEADLINES`] of
-//! their deadlines, and for the lookup up to [`LOOKUP_DEADLINES`] typical deadlines;
+//! their deadlines (and of what the first answer took; until one answers, for their
+//! requests' course), and for the lookup up to [`LOOKUP_DEADLINES`] typical deadlines;
 //! then it returns what is true: no majority (yet), with the replicas still pending
 //! named in the report, and [`NodeEvent::PutFinished`] tells what became of them.
 
@@ -70,6 +71,10 @@ struct PutQuery {
     lookup: Option<BoxFuture<'static, Result<PeerList, NodeError>>>,
     /// When a put without a majority stops waiting for the lookup.
     lookup_give_up: Instant,
+    /// When the put started sending.
+    started: Instant,
+    /// How long the first answer of a responsible replica took.
+    first_answer: Option<Duration>,
     outcomes: Vec<ReplicaOutcome>,
     local: Option<ReplicaResult>,
 }
@@ -153,13 +158,20 @@ impl PutQuery {
     }
 
     /// When a put without a majority returns: once every responsible replica still in
-    /// flight and the lookup had their time (None: nothing is left to wait for).
+    /// flight and the lookup had their time (None: nothing is left to wait for). A
+    /// replica's time is [`GIVE_UP_DEADLINES`] of its deadlines and as many times what
+    /// the first replica's answer took (a busy machine is slow for everyone); while no
+    /// replica answered at all, nothing singles one out as slow: their requests run
+    /// their course.
     fn give_up_at(&self) -> Option<Instant> {
         let replicas = self
             .give_up
             .iter()
             .filter(|(p, _)| self.placement.responsible.contains(p))
-            .map(|(_, t)| *t);
+            .map(|(_, t)| match self.first_answer {
+                Some(first) => (*t).max(self.started + first * GIVE_UP_DEADLINES),
+                None => self.started + self.node.config().request_timeout * 2,
+            });
         let lookup = self.lookup.is_some().then_some(self.lookup_give_up);
         replicas.chain(lookup).max()
     }
@@ -212,6 +224,9 @@ impl PutQuery {
             Event::Answer(peer, result) => {
                 self.due.remove(&peer);
                 self.give_up.remove(&peer);
+                if self.first_answer.is_none() && self.placement.responsible.contains(&peer) {
+                    self.first_answer = Some(self.started.elapsed());
+                }
                 // A replica that failed is hedged at once.
                 if matches!(result, ReplicaResult::Failed(_))
                     && self.placement.responsible.contains(&peer)
@@ -380,6 +395,8 @@ impl Node {
             pending: FuturesUnordered::new(),
             lookup: Some(lookup),
             lookup_give_up,
+            started,
+            first_answer: None,
             outcomes: Vec::new(),
             local,
         };

@@ -12,7 +12,6 @@ use libp2p::PeerId;
 use super::in_flight::InFlight;
 use super::{new_report, Answer};
 use crate::node::Node;
-use crate::put::LOOKUP_DEADLINES;
 use crate::report::{GetOutcome, GetReport};
 use crate::routing::{closest_of, target_key};
 use crate::NodeError;
@@ -29,7 +28,7 @@ enum Hedge {
     Waiting,
     /// The lookup runs.
     LookingUp,
-    /// The lookup answered (and the peers it found were asked), or it had its time.
+    /// The lookup answered (and the peers it found were asked).
     Done,
 }
 
@@ -60,26 +59,16 @@ impl Node {
         tokio::pin!(delay);
         let lookup = OptionFuture::from(None);
         tokio::pin!(lookup);
-        let mut lookup_give_up = Instant::now();
         loop {
             if hedge == Hedge::Waiting && (delay.is_elapsed() || flight.is_empty()) {
                 hedge = Hedge::LookingUp;
-                lookup_give_up = Instant::now() + self.inner.state.rtt.typical() * LOOKUP_DEADLINES;
                 lookup.set(Some(self.inner.client.lookup(target)).into());
             }
-            let now = Instant::now();
-            if hedge == Hedge::LookingUp && lookup_give_up <= now {
-                hedge = Hedge::Done;
-            }
-            // Nothing left to wait for but peers past their give-up time: not found.
-            if hedge == Hedge::Done && !flight.worth_waiting(now) {
-                break;
-            }
-            let wake = flight
-                .next_timer(now)
-                .into_iter()
-                .chain((hedge == Hedge::LookingUp).then_some(lookup_give_up))
-                .min();
+            // Only the timers of late requests wake the loop: a miss is reported only
+            // once every peer asked answered (or failed) and the lookup answered, so a
+            // slow replica or lookup delays a "not found", never a read that one of
+            // the table's peers can answer.
+            let wake = flight.next_late();
             // Each peer that missed, failed or is late: the next of the table asked.
             let mut replace = 0usize;
             tokio::select! {

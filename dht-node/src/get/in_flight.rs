@@ -78,6 +78,11 @@ impl<'a> InFlight<'a> {
         self.due.len()
     }
 
+    /// The next instant a request turns late.
+    pub fn next_late(&self) -> Option<Instant> {
+        self.due.values().min().copied()
+    }
+
     /// The next instant a timer fires (a request turns late or is given up).
     pub fn next_timer(&self, now: Instant) -> Option<Instant> {
         let late = self.due.values().min().copied();

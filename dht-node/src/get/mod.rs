@@ -11,8 +11,10 @@
 //!   once a majority of the responsible set answered (a slow or failed replica replaced
 //!   by the next live peer), and repairs stale or missing copies ([`crate::repair`]).
 //!
-//! Neither waits a timeout for a slow peer or lookup: [`in_flight`] holds each
-//! request's deadlines, derived from the peer's observed round trips.
+//! Neither waits on a slow peer while another could answer: [`in_flight`] holds each
+//! request's deadlines, derived from the peer's observed round trips. Only a miss (no
+//! copy anywhere) may still wait for the last peers and the lookup, rather than report
+//! one it does not know.
 
 mod first;
 mod in_flight;

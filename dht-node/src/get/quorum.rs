@@ -1,9 +1,10 @@
 //! Best-of-quorum get: the responsible set as the routing table knows it, confirmed by a
 //! lookup in parallel; the best copy of a majority (or of `quorum` answers) is returned
 //! and every copy that loses to it is repaired. A replica that fails or passes its
-//! deadline is replaced by the next live peer (a spare of the placement); the get waits
-//! for the lookup no longer than [`LOOKUP_DEADLINES`] typical deadlines, and for no
-//! peer past its give-up time: it then answers from the copies it has.
+//! deadline is replaced by the next live peer (a spare of the placement); once a copy
+//! was found, the get waits for the lookup no longer than [`LOOKUP_DEADLINES`] typical
+//! deadlines, and for no peer past its give-up time: it then answers from the copies
+//! it has.
 
 use std::collections::HashSet;
 use std::time::Instant;
@@ -90,9 +91,12 @@ impl Node {
             }
             let now = Instant::now();
             // Not enough answers, and nothing left worth waiting for: no peer within
-            // its give-up time, the lookup done or past its own.
+            // its give-up time, the lookup done or past its own; and a copy found (with
+            // none, the get waits for the peers still in flight rather than report a
+            // miss it does not know).
             let lookup_waited = lookup_done || lookup_give_up <= now;
-            if !flight.worth_waiting(now) && lookup_waited {
+            let found = copies.iter().any(|(_, f)| f.is_some());
+            if !flight.worth_waiting(now) && lookup_waited && found {
                 break;
             }
             // Each replica that failed or is late: the next spare asked.
