@@ -80,6 +80,12 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     /// Time allowed for a lookup of the closest peers.
     pub lookup_timeout: Duration,
+    /// Floor of a request's hedge deadline. Puts and gets treat a peer that has not
+    /// answered within its deadline (derived from its observed round trips, see
+    /// `rtt`) as slow and move on to other peers without cancelling the request; the
+    /// floor keeps loopback's microsecond round trips from making every request late
+    /// on a busy machine.
+    pub min_request_deadline: Duration,
     /// A first-valid get asks the alpha closest known peers first and starts a lookup
     /// only if none answered with the item within this delay (or all missed).
     pub get_hedge_delay: Duration,
@@ -146,6 +152,7 @@ impl Default for NodeConfig {
             parallelism: 3,
             request_timeout: Duration::from_secs(5),
             lookup_timeout: Duration::from_secs(10),
+            min_request_deadline: Duration::from_millis(150),
             get_hedge_delay: Duration::from_millis(50),
             dead_after: Duration::from_secs(10),
             put_lookup_grace: Duration::from_millis(500),

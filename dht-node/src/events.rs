@@ -33,6 +33,18 @@ pub enum NodeEvent {
         /// Peers synced from.
         peers: usize,
     },
+    /// A put that returned before every replica asked had answered (its report named
+    /// them pending) finished in the background: what is true now.
+    PutFinished {
+        /// Its target.
+        target: Target,
+        /// Its seq.
+        seq: u64,
+        /// Responsible nodes holding the item (this one included).
+        responsible_stored: usize,
+        /// Whether they are a majority of the responsible set.
+        majority: bool,
+    },
     /// Items were handed to peers that became responsible for them.
     HandedOff {
         /// Items sent.

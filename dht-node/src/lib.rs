@@ -44,6 +44,7 @@ mod put; // the put query
 mod repair; // read repair
 mod report;
 mod routing; // the routing view, responsibility, the saved table
+mod rtt; // observed round trips per peer, hedge deadlines
 mod sent_values; // the last value put per target, base of the next patch
 mod state; // the node's shared state
 #[cfg(feature = "testnet")]

@@ -117,6 +117,9 @@ pub struct Metrics {
     pub puts_returned_early: Counter,
     /// Puts whose report found no majority of the responsible set holding the item.
     pub puts_without_majority: Counter,
+    /// Requests of puts and gets sent to another peer because one asked was slow (past
+    /// its deadline from the observed round trips) or failed.
+    pub hedged_requests: Counter,
     /// Equal-seq conflicts resolved by the total order (a different item at the same seq
     /// won or lost).
     pub equivocations: Counter,
@@ -185,6 +188,7 @@ impl Metrics {
             peers_declared_dead: Counter::default(),
             puts_returned_early: Counter::default(),
             puts_without_majority: Counter::default(),
+            hedged_requests: Counter::default(),
             equivocations: Counter::default(),
             items_rereplicated: Counter::default(),
             item_protocol_bytes: Family::default(),
@@ -270,6 +274,11 @@ impl Metrics {
                 "puts_without_majority",
                 "Puts after which no majority of the responsible set held the item",
                 m.puts_without_majority.clone(),
+            );
+            r.register(
+                "hedged_requests",
+                "Requests sent to another peer because one asked was slow or failed",
+                m.hedged_requests.clone(),
             );
             r.register(
                 "equivocations",

@@ -20,6 +20,9 @@ pub(crate) struct Placement {
     /// Live peers just outside the responsible set, one per unreachable replica: they
     /// hold the item until the replica returns and is handed it back.
     pub stand_ins: Vec<PeerId>,
+    /// The next live peers beyond the stand-ins, nearest first (at most `k`): asked in
+    /// place of replicas that are slow to answer or failed (see [`crate::rtt`]).
+    pub spares: Vec<PeerId>,
 }
 
 impl Placement {
@@ -40,17 +43,18 @@ impl Placement {
             .filter(|p| **p != local && is_down(p))
             .copied()
             .collect();
-        let stand_ins = ordered
+        let mut beyond = ordered
             .iter()
             .skip(k)
             .filter(|p| **p != local && !is_down(p))
-            .take(unreachable.len())
-            .copied()
-            .collect();
+            .copied();
+        let stand_ins = beyond.by_ref().take(unreachable.len()).collect();
+        let spares = beyond.take(k).collect();
         Placement {
             responsible,
             unreachable,
             stand_ins,
+            spares,
         }
     }
 
@@ -110,6 +114,12 @@ mod tests {
             down.iter().filter(|x| **x != local).copied().collect()
         );
         assert_eq!(p.stand_ins.len(), p.unreachable.len());
+        // Spares come after the stand-ins, live and outside the responsible set.
+        let local_beyond = usize::from(!p.is_responsible(&local));
+        assert_eq!(p.spares.len() + p.stand_ins.len() + local_beyond, 30 - 20);
+        for s in &p.spares {
+            assert!(!p.is_responsible(s) && !down.contains(s) && !p.stand_ins.contains(s));
+        }
         for s in &p.stand_ins {
             assert!(!p.is_responsible(s) && !down.contains(s));
         }

@@ -4,8 +4,18 @@
 //! put returns as soon as a majority of the responsible set holds the item and the
 //! stragglers had a grace of twice what the majority took (never a timeout's worth). What
 //! is still in flight then finishes in the background.
+//!
+//! No put waits a timeout on a slow replica while others answer. Each request has a
+//! deadline derived from the peer's observed round trips ([`crate::rtt`]); a replica
+//! past it (or one that failed) is hedged: the next live peer beyond the responsible set
+//! gets the item too (a stand-in, which never counts towards the majority). Without a majority, the put
+//! waits for the responsible replicas still in flight up to [`GIVE_UP_DEADLINES`] of
+//! their deadlines (and of what the first answer took; until one answers, for their
+//! requests' course), and for the lookup up to [`LOOKUP_DEADLINES`] typical deadlines;
+//! then it returns what is true: no majority (yet), with the replicas still pending
+//! named in the report, and [`NodeEvent::PutFinished`] tells what became of them.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +28,7 @@ use libp2p::PeerId;
 use tracing::{debug, instrument};
 
 use crate::config::NodeMode;
+use crate::events::NodeEvent;
 use crate::network::PeerList;
 use crate::node::Node;
 use crate::placement::Placement;
@@ -27,6 +38,18 @@ use crate::NodeError;
 
 /// Shortest wait for stragglers once a majority stored.
 const MIN_STRAGGLER_GRACE: Duration = Duration::from_millis(25);
+/// Without a majority, a responsible replica still in flight is waited on for this many
+/// of its deadlines (a replica that is merely slow, a busy machine) before the put
+/// returns without it.
+pub(crate) const GIVE_UP_DEADLINES: u32 = 3;
+/// Without a majority, the lookup confirming the responsible set is waited on for this
+/// many typical request deadlines (a lookup is a few rounds of requests; kad itself
+/// would wait up to ten seconds for an unresponsive peer).
+pub(crate) const LOOKUP_DEADLINES: u32 = 4;
+
+/// Most spares one put asks in place of slow or failed replicas: stand-ins never make
+/// the majority, and an overloaded network must not be sent twice the requests.
+const MAX_HEDGES: usize = 4;
 
 /// One put in progress.
 struct PutQuery {
@@ -38,8 +61,21 @@ struct PutQuery {
     known: HashSet<PeerId>,
     placement: Placement,
     asked: HashSet<PeerId>,
+    /// When each request not answered yet becomes late (its peer is then slow and
+    /// another is asked in its place); removed once late or answered.
+    due: HashMap<PeerId, Instant>,
+    /// When a put without a majority stops waiting for each unanswered request.
+    give_up: HashMap<PeerId, Instant>,
+    /// Peers beyond the responsible set asked in place of slow or failed replicas.
+    hedged: Vec<PeerId>,
     pending: FuturesUnordered<BoxFuture<'static, (PeerId, ReplicaResult)>>,
     lookup: Option<BoxFuture<'static, Result<PeerList, NodeError>>>,
+    /// When a put without a majority stops waiting for the lookup.
+    lookup_give_up: Instant,
+    /// When the put started sending.
+    started: Instant,
+    /// How long the first answer of a responsible replica took.
+    first_answer: Option<Duration>,
     outcomes: Vec<ReplicaOutcome>,
     local: Option<ReplicaResult>,
 }
@@ -58,17 +94,87 @@ impl PutQuery {
             |p| liveness.is_down(p),
         );
         for peer in self.placement.to_ask(me) {
-            if self.asked.insert(peer) {
-                let node = self.node.clone();
-                let item = self.item.clone();
-                let opts = self.opts;
-                let forms = self.forms.clone();
-                self.pending.push(
-                    async move { (peer, node.send_item_coded(peer, &item, opts, &forms).await) }
-                        .boxed(),
-                );
+            self.ask(peer);
+        }
+    }
+
+    /// Sends the item to `peer` (once) and starts its hedge timer.
+    fn ask(&mut self, peer: PeerId) {
+        if !self.asked.insert(peer) {
+            return;
+        }
+        let now = Instant::now();
+        let deadline = self.node.inner.state.rtt.deadline(&peer);
+        self.due.insert(peer, now + deadline);
+        self.give_up
+            .insert(peer, now + deadline * GIVE_UP_DEADLINES);
+        let node = self.node.clone();
+        let item = self.item.clone();
+        let opts = self.opts;
+        let forms = self.forms.clone();
+        self.pending.push(
+            async move { (peer, node.send_item_coded(peer, &item, opts, &forms).await) }.boxed(),
+        );
+    }
+
+    /// Asks the nearest spare not asked yet in place of a slow or failed replica (at
+    /// most [`MAX_HEDGES`] per put).
+    fn hedge(&mut self) {
+        if self.hedged.len() >= MAX_HEDGES {
+            return;
+        }
+        let spare = self
+            .placement
+            .spares
+            .iter()
+            .find(|p| !self.asked.contains(p))
+            .copied();
+        if let Some(peer) = spare {
+            self.node.metrics().hedged_requests.inc();
+            self.hedged.push(peer);
+            self.ask(peer);
+        }
+    }
+
+    /// The earliest hedge timer still running.
+    fn next_late(&self) -> Option<Instant> {
+        self.due.values().min().copied()
+    }
+
+    /// Peers whose deadline passed: slow. Each responsible one is hedged.
+    fn on_late(&mut self, now: Instant) {
+        let late: Vec<PeerId> = self
+            .due
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in late {
+            self.due.remove(&peer);
+            debug!(%peer, "replica slow: hedged");
+            if self.placement.responsible.contains(&peer) {
+                self.hedge();
             }
         }
+    }
+
+    /// When a put without a majority returns: once every responsible replica still in
+    /// flight and the lookup had their time (None: nothing is left to wait for). A
+    /// replica's time is [`GIVE_UP_DEADLINES`] of its deadlines and as many times what
+    /// the first replica's answer took (a busy machine is slow for everyone); while no
+    /// replica answered at all, nothing singles one out as slow: their requests run
+    /// their course.
+    fn give_up_at(&self) -> Option<Instant> {
+        let replicas = self
+            .give_up
+            .iter()
+            .filter(|(p, _)| self.placement.responsible.contains(p))
+            .map(|(_, t)| match self.first_answer {
+                Some(first) => (*t).max(self.started + first * GIVE_UP_DEADLINES),
+                None => self.started + self.node.config().request_timeout * 2,
+            });
+        let lookup = self.lookup.is_some().then_some(self.lookup_give_up);
+        replicas.chain(lookup).max()
     }
 
     fn has_majority(&self) -> bool {
@@ -79,17 +185,30 @@ impl PutQuery {
         self.pending.is_empty() && self.lookup.is_none()
     }
 
+    /// Whether every request not yet late has been answered.
+    fn only_late_pending(&self) -> bool {
+        self.due.is_empty()
+    }
+
     /// Waits for the next answer or the lookup's result.
     async fn step(&mut self) {
         enum Event {
             Answer(PeerId, ReplicaResult),
             Lookup(Result<PeerList, NodeError>),
+            Late,
             Idle,
         }
+        let next_late = self.next_late();
         let event = {
             let pending = &mut self.pending;
             let lookup = &mut self.lookup;
             tokio::select! {
+                _ = async {
+                    match next_late {
+                        Some(t) => tokio::time::sleep_until(t.into()).await,
+                        None => std::future::pending().await,
+                    }
+                }, if next_late.is_some() => Event::Late,
                 Some((peer, result)) = pending.next(), if !pending.is_empty() => {
                     Event::Answer(peer, result)
                 }
@@ -103,7 +222,21 @@ impl PutQuery {
             }
         };
         match event {
-            Event::Answer(peer, result) => self.outcomes.push(ReplicaOutcome { peer, result }),
+            Event::Answer(peer, result) => {
+                self.due.remove(&peer);
+                self.give_up.remove(&peer);
+                if self.first_answer.is_none() && self.placement.responsible.contains(&peer) {
+                    self.first_answer = Some(self.started.elapsed());
+                }
+                // A replica that failed is hedged at once.
+                if matches!(result, ReplicaResult::Failed(_))
+                    && self.placement.responsible.contains(&peer)
+                {
+                    self.hedge();
+                }
+                self.outcomes.push(ReplicaOutcome { peer, result });
+            }
+            Event::Late => self.on_late(Instant::now()),
             Event::Lookup(found) => {
                 self.lookup = None;
                 match found {
@@ -144,7 +277,13 @@ impl PutQuery {
             replicas: self.outcomes.clone(),
             responsible: self.placement.responsible.clone(),
             unreachable,
-            stand_ins: self.placement.stand_ins.clone(),
+            stand_ins: self
+                .placement
+                .stand_ins
+                .iter()
+                .chain(&self.hedged)
+                .copied()
+                .collect(),
             pending: self
                 .asked
                 .iter()
@@ -230,6 +369,7 @@ impl Node {
         let forms = self.value_forms(&item).await;
         let me = self.peer_id();
         let started = Instant::now();
+        let lookup_give_up = started + self.inner.state.rtt.typical() * LOOKUP_DEADLINES;
         let lookup = {
             let node = self.clone();
             async move { node.inner.client.lookup(target).await }.boxed()
@@ -250,45 +390,57 @@ impl Node {
                 .collect(),
             placement: Placement::default(),
             asked: HashSet::new(),
+            due: HashMap::new(),
+            give_up: HashMap::new(),
+            hedged: Vec::new(),
             pending: FuturesUnordered::new(),
             // A table that holds the whole membership already names the responsible
             // set: no lookup (its requests would be most of the put's bytes).
             lookup: (!self.inner.state.membership_known()).then_some(lookup),
+            lookup_give_up,
+            started,
+            first_answer: None,
             outcomes: Vec::new(),
             local,
         };
         query.replan();
         let k = self.config().replication;
-        let mut majority_at: Option<Instant> = None;
+        let mut majority_at = query.has_majority().then(Instant::now);
         while !query.finished() {
             let young =
                 query.placement.responsible.len() < k && !self.inner.state.table_is_membership();
-            // Every replica asked has answered and a majority holds the item: a lookup
-            // still running can only add to a table that already answered (it goes on
-            // in the background), unless the table is young.
-            if majority_at.is_some() && query.pending.is_empty() && !young {
+            let stop_at = match majority_at {
+                // Every replica not late has answered and a majority holds the item: a
+                // lookup still running can only add to a table that already answered
+                // (it goes on in the background), unless the table is young.
+                Some(_) if query.only_late_pending() && !young => break,
+                Some(at) => {
+                    let grace = (at.duration_since(started) * 2).max(MIN_STRAGGLER_GRACE);
+                    // A responsible set smaller than k before any bootstrap round
+                    // finished may only mean the routing table is young: give the
+                    // lookup longer to find the rest. After one, the table is the
+                    // membership.
+                    let grace = if young && query.lookup.is_some() {
+                        grace.max(self.config().put_lookup_grace)
+                    } else {
+                        grace
+                    };
+                    at + grace
+                }
+                // No majority yet: wait while a responsible replica or the lookup may
+                // still bring it, never on one past its give-up time; with nothing left
+                // that could bring it (stand-ins do not count), return.
+                None => match query.give_up_at() {
+                    Some(t) => t,
+                    None => break,
+                },
+            };
+            if stop_at <= Instant::now() {
                 break;
             }
-            let deadline = majority_at.map(|at| {
-                let grace = (at.duration_since(started) * 2).max(MIN_STRAGGLER_GRACE);
-                // A responsible set smaller than k before any bootstrap round finished
-                // may only mean the routing table is young: give the lookup longer to
-                // find the rest. After one, the table is the membership.
-                let grace = if young && query.lookup.is_some() {
-                    grace.max(self.config().put_lookup_grace)
-                } else {
-                    grace
-                };
-                tokio::time::Instant::from_std(at + grace)
-            });
-            match deadline {
-                Some(d) => {
-                    tokio::select! {
-                        _ = query.step() => {}
-                        _ = tokio::time::sleep_until(d) => break,
-                    }
-                }
-                None => query.step().await,
+            tokio::select! {
+                _ = query.step() => {}
+                _ = tokio::time::sleep_until(stop_at.into()) => {}
             }
             // The lookup may grow the responsible set and so the majority needed.
             if !query.has_majority() {
@@ -313,6 +465,12 @@ impl Node {
                     failed = late.failed().len(),
                     "put finished in the background"
                 );
+                query.node.inner.state.emit(NodeEvent::PutFinished {
+                    target: late.target,
+                    seq: late.seq,
+                    responsible_stored: late.responsible_stored(),
+                    majority: late.majority_stored(),
+                });
             });
         }
         debug!(

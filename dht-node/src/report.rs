@@ -51,8 +51,11 @@ pub struct PutReport {
     /// Responsible replicas that were down (suspected or dead, so not asked) or did not
     /// answer.
     pub unreachable: Vec<PeerId>,
-    /// Live peers outside the responsible set that took the item in place of unreachable
-    /// replicas; they hand it back when the replica returns.
+    /// Live peers outside the responsible set that were sent the item in place of
+    /// unreachable replicas, or of replicas that failed or were slow to answer (hedged:
+    /// see `dht_hedged_requests_total`: the request to the slow replica stays in
+    /// flight). An unreachable replica is handed the item back when it returns. Copies
+    /// held by stand-ins never count towards the majority.
     pub stand_ins: Vec<PeerId>,
     /// Peers asked that had not answered when the put returned; the put goes on in the
     /// background (see the `dht_puts_returned_early` metric).

@@ -4,7 +4,7 @@
 //! ([`NodeState::with_store`]).
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dht_core::store::RecordStore;
@@ -15,6 +15,7 @@ use crate::events::NodeEvent;
 use crate::liveness::Liveness;
 use crate::metrics::Metrics;
 use crate::routing::{save_peers, RoutingView};
+use crate::rtt::RttTable;
 use crate::NodeError;
 
 /// The saved routing table, inside the data directory.
@@ -30,6 +31,8 @@ pub(crate) struct NodeState {
     pub metrics: Metrics,
     /// Suspected and dead peers.
     pub liveness: Liveness,
+    /// Observed round trips per peer: the queries' hedge deadlines.
+    pub rtt: RttTable,
     /// The local store (full nodes); taken at shutdown.
     store: RwLock<Option<Arc<dyn RecordStore>>>,
     /// Whether the start-up catch-up finished (until then the local copy alone answers
@@ -42,6 +45,9 @@ pub(crate) struct NodeState {
     /// Whether no k-bucket of the routing table is full: every full node this node has
     /// heard of is in it (see [`NodeState::membership_known`]).
     buckets_have_room: AtomicBool,
+    /// Microseconds every inbound item request is held before it is handled: a stalled
+    /// (slow, not dead) replica, set by tests through `Node::set_answer_delay`.
+    answer_delay_us: AtomicU64,
 }
 
 impl NodeState {
@@ -50,6 +56,7 @@ impl NodeState {
     pub fn new(
         metrics: Metrics,
         liveness: Liveness,
+        rtt: RttTable,
         store: Option<Arc<dyn RecordStore>>,
         caught_up: bool,
     ) -> Self {
@@ -59,10 +66,12 @@ impl NodeState {
             events,
             metrics,
             liveness,
+            rtt,
             store: RwLock::new(store),
             caught_up: AtomicBool::new(caught_up),
             bootstrapped: AtomicBool::new(false),
             buckets_have_room: AtomicBool::new(false),
+            answer_delay_us: AtomicU64::new(0),
         }
     }
 
@@ -99,6 +108,19 @@ impl NodeState {
     /// Records that a bootstrap round finished (or that there is nobody to ask).
     pub fn set_bootstrapped(&self) {
         self.bootstrapped.store(true, Ordering::Release);
+    }
+
+    /// How long inbound item requests are held before they are handled (zero unless a
+    /// test stalls this node).
+    pub fn answer_delay(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.answer_delay_us.load(Ordering::Relaxed))
+    }
+
+    /// Holds every inbound item request for `delay` before handling it (tests).
+    #[cfg(feature = "test-util")]
+    pub fn set_answer_delay(&self, delay: std::time::Duration) {
+        let us = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+        self.answer_delay_us.store(us, Ordering::Relaxed);
     }
 
     /// Sends an event to every subscriber (none listening is fine).

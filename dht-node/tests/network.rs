@@ -46,15 +46,30 @@ async fn twenty_five_nodes_read_what_one_wrote_and_then_the_update() {
         .put(MutableItem::sign(&key, pk, "svc", 1, &b"v1"[..]))
         .await
         .unwrap();
-    // The report names the replicas: the 20 closest other nodes (or 19 and this node).
+    // The report names the replicas: the 20 closest other nodes (or 19 and this node),
+    // stored or still pending; any other peer that stored it is a stand-in asked in
+    // place of a replica that was slow to answer.
     let stored = report.stored_on();
     let local_stored = matches!(report.local, Some(ReplicaResult::Stored(_)));
+    assert!(!local_stored || report.responsible.contains(&net.nodes[3].peer_id()));
+    let responsible_pending = report
+        .pending
+        .iter()
+        .filter(|p| report.responsible.contains(p))
+        .count();
     assert_eq!(
-        stored.len() + usize::from(local_stored) + report.pending.len(),
+        report.responsible_stored() + responsible_pending,
         20,
         "{}",
         report.to_json()
     );
+    for p in stored.iter().chain(&report.pending) {
+        assert!(
+            report.responsible.contains(p) || report.stand_ins.contains(p),
+            "{}",
+            report.to_json()
+        );
+    }
     assert!(report.rejected_by().is_empty() && report.failed().is_empty());
     let all: HashSet<_> = net.nodes.iter().map(|n| n.peer_id()).collect();
     assert!(stored.iter().all(|p| all.contains(p)));

@@ -1,14 +1,15 @@
 //! First-valid get: the local copy when this node is a responsible replica; else the
-//! alpha closest live peers of the routing table, hedged by a lookup (see [`Hedge`]).
+//! alpha closest live peers of the routing table, hedged by the next ones of the table
+//! and by a lookup (see [`Hedge`]).
 
-use std::collections::HashSet;
+use std::collections::VecDeque;
+use std::time::Instant;
 
 use dht_core::Target;
 use futures::future::OptionFuture;
-use futures::stream::FuturesUnordered;
-use futures::StreamExt;
 use libp2p::PeerId;
 
+use super::in_flight::InFlight;
 use super::{new_report, Answer};
 use crate::node::Node;
 use crate::report::{GetOutcome, GetReport};
@@ -17,14 +18,17 @@ use crate::NodeError;
 
 /// The hedge of a first-valid get. A read that the routing table already resolves
 /// costs alpha requests, not a whole lookup: the lookup starts only once
-/// `get_hedge_delay` passed without the item, or every peer asked missed.
+/// `get_hedge_delay` passed without the item, or every peer asked missed. The lookup
+/// never blocks the table: a peer that misses, fails or passes its deadline (from its
+/// observed round trips, see [`crate::rtt`]) is replaced at once by the next closest
+/// peer the table knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Hedge {
     /// The closest known peers are asked; the lookup waits for the hedge delay.
     Waiting,
     /// The lookup runs.
     LookingUp,
-    /// The lookup answered and the peers it found were asked.
+    /// The lookup answered (and the peers it found were asked).
     Done,
 }
 
@@ -37,20 +41,18 @@ impl Node {
         }
         let k = self.inner.config.replication;
         let liveness = &self.inner.state.liveness;
-        let mut asked: HashSet<PeerId> = HashSet::new();
-        let mut pending = FuturesUnordered::new();
-        let first: Vec<PeerId> = self
+        // The table's candidates, nearest first: alpha asked now, the rest in reserve.
+        let mut reserve: VecDeque<PeerId> = self
             .inner
             .state
             .view
             .closest(&target, k)
             .into_iter()
             .filter(|p| !liveness.is_down(p))
-            .take(self.inner.config.parallelism)
             .collect();
-        for p in first {
-            asked.insert(p);
-            pending.push(self.ask(p, target));
+        let mut flight = InFlight::new(self, target);
+        for p in reserve.drain(..self.inner.config.parallelism.min(reserve.len())) {
+            flight.ask(p);
         }
         let mut hedge = Hedge::Waiting;
         let delay = tokio::time::sleep(self.inner.config.get_hedge_delay);
@@ -58,17 +60,32 @@ impl Node {
         let lookup = OptionFuture::from(None);
         tokio::pin!(lookup);
         loop {
-            if hedge == Hedge::Waiting && (delay.is_elapsed() || pending.is_empty()) {
+            if hedge == Hedge::Waiting && (delay.is_elapsed() || flight.is_empty()) {
                 hedge = Hedge::LookingUp;
                 lookup.set(Some(self.inner.client.lookup(target)).into());
             }
+            // Only the timers of late requests wake the loop: a miss is reported only
+            // once every peer asked answered (or failed) and the lookup answered, so a
+            // slow replica or lookup delays a "not found", never a read that one of
+            // the table's peers can answer.
+            let wake = flight.next_late();
+            // Each peer that missed, failed or is late: the next of the table asked.
+            let mut replace = 0usize;
             tokio::select! {
                 _ = &mut delay, if hedge == Hedge::Waiting => {}
-                Some((peer, answer)) = pending.next(), if !pending.is_empty() => {
+                _ = async {
+                    match wake {
+                        Some(t) => tokio::time::sleep_until(t.into()).await,
+                        None => std::future::pending().await,
+                    }
+                }, if wake.is_some() => {
+                    replace += flight.take_late(Instant::now());
+                }
+                Some(((peer, answer), on_time)) = flight.next(), if !flight.is_empty() => {
                     match answer {
                         Ok(Some(found)) => {
                             report.answered += 1;
-                            report.asked = asked.len();
+                            report.asked = flight.asked.len();
                             report.lookup = GetOutcome::of(found);
                             return Ok(report);
                         }
@@ -79,21 +96,30 @@ impl Node {
                         }
                         Err(Answer::Failed) => {}
                     }
+                    // A late peer was replaced already.
+                    replace += usize::from(on_time);
                 }
                 Some(peers) = &mut lookup, if hedge == Hedge::LookingUp => {
                     hedge = Hedge::Done;
                     let key = target_key(&target);
                     let found = peers.unwrap_or_default().into_iter().map(|(p, _)| p);
                     for p in closest_of(&key, found, k) {
-                        if p != self.inner.peer_id && !liveness.is_down(&p) && asked.insert(p) {
-                            pending.push(self.ask(p, target));
+                        if !liveness.is_down(&p) {
+                            flight.ask(p);
                         }
                     }
                 }
                 else => break,
             }
+            while replace > 0 {
+                let Some(p) = reserve.pop_front() else { break };
+                if flight.ask(p) {
+                    self.metrics().hedged_requests.inc();
+                    replace -= 1;
+                }
+            }
         }
-        report.asked = asked.len();
+        report.asked = flight.asked.len();
         report.lookup = if report.answered > 0 {
             GetOutcome::NotFound
         } else {

@@ -4,13 +4,20 @@
 //!
 //! - First-valid ([`GetMode::First`], [`first`]): the local copy when this node is a
 //!   responsible replica that has finished its catch-up; else the alpha closest live
-//!   peers, and a lookup only if none answered with the item within `get_hedge_delay`.
+//!   peers, each one that misses or is slow replaced by the next the table knows, and
+//!   a lookup only if none answered with the item within `get_hedge_delay`.
 //! - Best-of-quorum ([`GetMode::Quorum`], [`quorum`]): the responsible set as the
 //!   routing table knows it, confirmed by a lookup in parallel; returns the best copy
-//!   once a majority of the responsible set answered, and repairs stale or missing
-//!   copies ([`crate::repair`]).
+//!   once a majority of the responsible set answered (a slow or failed replica replaced
+//!   by the next live peer), and repairs stale or missing copies ([`crate::repair`]).
+//!
+//! Neither waits on a slow peer while another could answer: [`in_flight`] holds each
+//! request's deadlines, derived from the peer's observed round trips. Only a miss (no
+//! copy anywhere) may still wait for the last peers and the lookup, rather than report
+//! one it does not know.
 
 mod first;
+mod in_flight;
 mod quorum;
 
 use std::time::Instant;

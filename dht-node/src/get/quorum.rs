@@ -1,19 +1,23 @@
 //! Best-of-quorum get: the responsible set as the routing table knows it, confirmed by a
 //! lookup in parallel; the best copy of a majority (or of `quorum` answers) is returned
-//! and every copy that loses to it is repaired.
+//! and every copy that loses to it is repaired. A replica that fails or passes its
+//! deadline is replaced by the next live peer (a spare of the placement); once a copy
+//! was found, the get waits for the lookup no longer than [`LOOKUP_DEADLINES`] typical
+//! deadlines, and for no peer past its give-up time: it then answers from the copies
+//! it has.
 
 use std::collections::HashSet;
 use std::time::Instant;
 
 use dht_core::{precedence, Target};
-use futures::stream::FuturesUnordered;
-use futures::StreamExt;
 use libp2p::PeerId;
 
+use super::in_flight::InFlight;
 use super::{new_report, Answer};
 use crate::config::NodeMode;
 use crate::node::Node;
 use crate::placement::Placement;
+use crate::put::LOOKUP_DEADLINES;
 use crate::report::{Found, GetOutcome, GetReport};
 use crate::NodeError;
 
@@ -53,15 +57,14 @@ impl Node {
         if self.responsible_store(&target).is_some() {
             copies.push((None, self.local_copy(target).await?));
         }
-        let mut asked: HashSet<PeerId> = HashSet::new();
-        let mut pending = FuturesUnordered::new();
+        let mut flight = InFlight::new(self, target);
         for p in placement.to_ask(me) {
-            asked.insert(p);
-            pending.push(self.ask(p, target));
+            flight.ask(p);
         }
         let lookup = self.inner.client.lookup(target);
         tokio::pin!(lookup);
         let mut lookup_done = false;
+        let lookup_give_up = Instant::now() + self.inner.state.rtt.typical() * LOOKUP_DEADLINES;
         let mut enough_at: Option<Instant> = None;
         loop {
             let answered = copies.len();
@@ -70,7 +73,7 @@ impl Node {
             } else {
                 quorum
             }
-            .min(asked.len() + usize::from(copies.iter().any(|(p, _)| p.is_none())))
+            .min(flight.asked.len() + usize::from(copies.iter().any(|(p, _)| p.is_none())))
             .max(1);
             // The need grows when the lookup finds more of the responsible set.
             if answered < need {
@@ -86,45 +89,76 @@ impl Node {
                     break;
                 }
             }
-            if pending.is_empty() && lookup_done {
+            let now = Instant::now();
+            // Not enough answers, and nothing left worth waiting for: no peer within
+            // its give-up time, the lookup done or past its own; and a copy found (with
+            // none, the get waits for the peers still in flight rather than report a
+            // miss it does not know).
+            let lookup_waited = lookup_done || lookup_give_up <= now;
+            let found = copies.iter().any(|(_, f)| f.is_some());
+            if !flight.worth_waiting(now) && lookup_waited && found {
                 break;
             }
-            let grace_end = enough_at
-                .map(|at| tokio::time::Instant::from_std(at + self.config().put_lookup_grace));
+            // Each replica that failed or is late: the next spare asked.
+            let mut replace = flight.take_late(now);
+            let wake = [
+                enough_at.map(|at| at + self.config().put_lookup_grace),
+                flight.next_timer(now),
+                (!lookup_done).then_some(lookup_give_up),
+            ]
+            .into_iter()
+            .flatten()
+            .filter(|t| *t > now)
+            .min();
             tokio::select! {
-                Some((peer, answer)) = pending.next(), if !pending.is_empty() => match answer {
-                    Ok(found) => {
-                        report.answered += 1;
-                        copies.push((Some(peer), found));
+                Some(((peer, answer), on_time)) = flight.next(), if !flight.is_empty() => {
+                    match answer {
+                        Ok(found) => {
+                            report.answered += 1;
+                            copies.push((Some(peer), found));
+                        }
+                        Err(Answer::Invalid(code)) => {
+                            report.answered += 1;
+                            report.invalid.push((peer, code));
+                            copies.push((Some(peer), None));
+                        }
+                        Err(Answer::Failed) => replace += usize::from(on_time),
                     }
-                    Err(Answer::Invalid(code)) => {
-                        report.answered += 1;
-                        report.invalid.push((peer, code));
-                        copies.push((Some(peer), None));
-                    }
-                    Err(Answer::Failed) => {}
-                },
+                }
                 found = &mut lookup, if !lookup_done => {
                     lookup_done = true;
                     if let Ok(found) = found {
                         known.extend(found.into_iter().map(|(p, _)| p).filter(|p| *p != me));
                         placement = self.placement_of(&target, &known);
                         for p in placement.to_ask(me) {
-                            if asked.insert(p) {
-                                pending.push(self.ask(p, target));
-                            }
+                            flight.ask(p);
                         }
                     }
                 }
                 _ = async {
-                    match grace_end {
-                        Some(t) => tokio::time::sleep_until(t).await,
+                    match wake {
+                        Some(t) => tokio::time::sleep_until(t.into()).await,
                         None => std::future::pending().await,
                     }
-                } => {}
+                }, if wake.is_some() => {
+                    replace += flight.take_late(Instant::now());
+                }
+                else => break,
+            }
+            // Spares only while answers are short of the need.
+            if copies.len() + flight.on_time() < need {
+                for p in placement.spares.clone() {
+                    if replace == 0 {
+                        break;
+                    }
+                    if flight.ask(p) {
+                        self.metrics().hedged_requests.inc();
+                        replace -= 1;
+                    }
+                }
             }
         }
-        report.asked = asked.len();
+        report.asked = flight.asked.len();
         match best_and_stale(&copies) {
             Some((best, stale)) => {
                 // Read repair: every answering copy that loses to the best gets it.

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use tracing::{debug, warn};
 
-use super::driver::Driver;
+use super::driver::{Driver, PendingRequest};
 use super::Command;
 use crate::metrics::RequestLabels;
 
@@ -39,7 +39,8 @@ impl Driver {
                     .behaviour_mut()
                     .items
                     .send_request_with_addresses(&peer, request, addrs);
-                self.requests.insert(id, reply);
+                let sent = self.swarm.is_connected(&peer).then(Instant::now);
+                self.requests.insert(id, PendingRequest { reply, sent });
             }
             Command::ReleaseHeld {
                 peer,

@@ -33,6 +33,15 @@ use crate::NodeError;
 /// A new connection is never trimmed before it is this old (a lookup needs it first).
 const CONNECTION_GRACE: Duration = Duration::from_secs(2);
 
+/// An item-protocol request awaiting its answer.
+pub(super) struct PendingRequest {
+    /// Where the answer goes.
+    pub(super) reply: oneshot::Sender<Result<ResponseFrame, NodeError>>,
+    /// When it was sent, if over a connection already open (a request that first
+    /// dials measures the dial too, not the round trip).
+    pub(super) sent: Option<Instant>,
+}
+
 /// The swarm event loop.
 pub(crate) struct Driver {
     pub(super) swarm: Swarm<Behaviour>,
@@ -41,8 +50,7 @@ pub(crate) struct Driver {
     pub(super) state: Arc<NodeState>,
     pub(super) inbound: Option<Arc<Inbound>>,
     pub(super) lookups: HashMap<QueryId, oneshot::Sender<PeerList>>,
-    pub(super) requests:
-        HashMap<OutboundRequestId, oneshot::Sender<Result<ResponseFrame, NodeError>>>,
+    pub(super) requests: HashMap<OutboundRequestId, PendingRequest>,
     pub(super) limiter: RateLimiter,
     pub(super) max_per_range: Option<usize>,
     pub(super) range_includes_loopback: bool,
@@ -265,9 +273,12 @@ impl Driver {
             SwarmEvent::Behaviour(BehaviourEvent::Identify(_)) => {}
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
                 peer,
-                result: Ok(_),
+                result: Ok(rtt),
                 ..
-            })) => self.heard_from(peer),
+            })) => {
+                self.state.rtt.observe(peer, rtt);
+                self.heard_from(peer);
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(_)) => {}
             SwarmEvent::Behaviour(BehaviourEvent::Blocked(never)) => match never {},
             SwarmEvent::Behaviour(BehaviourEvent::Gate(never)) => match never {},
@@ -295,6 +306,8 @@ impl Driver {
                 if num_established == 0 {
                     self.servers.remove(&peer_id);
                     self.remote_ips.remove(&peer_id);
+                    // Its next request dials first: the deadline of an unmeasured peer.
+                    self.state.rtt.forget(&peer_id);
                     // Closed by an error (a crashed or cut-off peer), not by an idle
                     // timeout or the budget: suspect it and probe it at once; a probe
                     // that connects clears the suspicion within a round trip.

@@ -47,8 +47,11 @@ impl Driver {
                     response,
                 } => {
                     self.heard_from(peer);
-                    if let Some(reply) = self.requests.remove(&request_id) {
-                        let _ = reply.send(Ok(response));
+                    if let Some(pending) = self.requests.remove(&request_id) {
+                        if let Some(sent) = pending.sent {
+                            self.state.rtt.observe(peer, sent.elapsed());
+                        }
+                        let _ = pending.reply.send(Ok(response));
                     }
                 }
             },
@@ -62,8 +65,8 @@ impl Driver {
                 if !matches!(error, OutboundFailure::UnsupportedProtocols) {
                     self.suspect(peer, "request failed");
                 }
-                if let Some(reply) = self.requests.remove(&request_id) {
-                    let _ = reply.send(Err(error.into()));
+                if let Some(pending) = self.requests.remove(&request_id) {
+                    let _ = pending.reply.send(Err(error.into()));
                 }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
@@ -108,7 +111,11 @@ impl Driver {
         *handling += 1;
         let tx = self.self_tx.clone();
         let ip = self.remote_ips.get(&peer).copied();
+        let stall = self.state.answer_delay();
         tokio::spawn(async move {
+            if !stall.is_zero() {
+                tokio::time::sleep(stall).await;
+            }
             let response = inbound.handle(peer, ip, request).await;
             let _ = tx
                 .send(Command::Respond {

@@ -323,6 +323,13 @@ impl Node {
             .await
     }
 
+    /// Stalls this node: every inbound item request (put, get, sync) is held for
+    /// `delay` before it is handled, as by an overloaded replica that is slow but not
+    /// dead (its connections, pings and kad answers stay prompt). Zero lifts it.
+    pub fn set_answer_delay(&self, delay: std::time::Duration) {
+        self.inner.state.set_answer_delay(delay);
+    }
+
     /// Sends an item to one peer as it is, without validating it locally first, and
     /// returns what the peer did.
     pub async fn send_item_to(

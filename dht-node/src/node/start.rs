@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::network::{build_swarm, listen, Client, Command, Driver};
 use crate::protocol::decode_limits;
 use crate::routing::load_peers;
+use crate::rtt::RttTable;
 use crate::state::{NodeState, PEERS_FILE};
 use crate::NodeError;
 
@@ -96,6 +97,7 @@ impl Node {
         let state = Arc::new(NodeState::new(
             metrics,
             Liveness::new(config.dead_after, FORGET_DEAD_AFTER),
+            RttTable::new(config.min_request_deadline, config.request_timeout),
             store.clone(),
             caught_up,
         ));
