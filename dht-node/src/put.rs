@@ -74,7 +74,7 @@ struct PutQuery {
     lookup_give_up: Instant,
     /// When the put started sending.
     started: Instant,
-    /// How long the first answer of a responsible replica took.
+    /// How long the first answer (stored or rejected) of a responsible replica took.
     first_answer: Option<Duration>,
     outcomes: Vec<ReplicaOutcome>,
     local: Option<ReplicaResult>,
@@ -225,7 +225,13 @@ impl PutQuery {
             Event::Answer(peer, result) => {
                 self.due.remove(&peer);
                 self.give_up.remove(&peer);
-                if self.first_answer.is_none() && self.placement.responsible.contains(&peer) {
+                // A replica that stored or rejected it shows how fast replicas answer
+                // now; a failure (a closed connection, a timeout) does not.
+                let answered = !matches!(result, ReplicaResult::Failed(_));
+                if answered
+                    && self.first_answer.is_none()
+                    && self.placement.responsible.contains(&peer)
+                {
                     self.first_answer = Some(self.started.elapsed());
                 }
                 // A replica that failed is hedged at once.
