@@ -3,11 +3,13 @@
 //! event channel, the metrics, and the local store with its one async-safe access path
 //! ([`NodeState::with_store`]).
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use dht_core::store::RecordStore;
+use libp2p::PeerId;
 use parking_lot::RwLock;
 use tokio::sync::broadcast;
 
@@ -30,6 +32,9 @@ pub(crate) struct NodeState {
     pub metrics: Metrics,
     /// Suspected and dead peers.
     pub liveness: Liveness,
+    /// Peers with an open connection (kept by the swarm task): a visor reads from the
+    /// connected ones first.
+    pub connected: RwLock<HashSet<PeerId>>,
     /// The local store (full nodes); taken at shutdown.
     store: RwLock<Option<Arc<dyn RecordStore>>>,
     /// Whether the start-up catch-up finished (until then the local copy alone answers
@@ -56,6 +61,7 @@ impl NodeState {
             events,
             metrics,
             liveness,
+            connected: RwLock::new(HashSet::new()),
             store: RwLock::new(store),
             caught_up: AtomicBool::new(caught_up),
             bootstrapped: AtomicBool::new(false),

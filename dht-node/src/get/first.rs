@@ -10,6 +10,7 @@ use futures::StreamExt;
 use libp2p::PeerId;
 
 use super::{new_report, Answer};
+use crate::config::NodeMode;
 use crate::node::Node;
 use crate::report::{GetOutcome, GetReport};
 use crate::routing::{closest_of, target_key};
@@ -29,6 +30,27 @@ enum Hedge {
 }
 
 impl Node {
+    /// The peers a first-valid get asks before its hedge: the alpha closest live peers
+    /// of the responsible set; a visor (client mode) asks the ones among them it is
+    /// connected to, when there are any, so that a read costs one round trip over a
+    /// warm connection and opens none (it keeps `client_connections` full nodes).
+    fn first_asked(&self, responsible: Vec<PeerId>) -> Vec<PeerId> {
+        let alpha = self.inner.config.parallelism;
+        if self.inner.config.mode == NodeMode::Client {
+            let connected = self.inner.state.connected.read();
+            let warm: Vec<PeerId> = responsible
+                .iter()
+                .filter(|p| connected.contains(p))
+                .take(alpha)
+                .copied()
+                .collect();
+            if !warm.is_empty() {
+                return warm;
+            }
+        }
+        responsible.into_iter().take(alpha).collect()
+    }
+
     pub(super) async fn get_first(&self, target: Target) -> Result<GetReport, NodeError> {
         let mut report = new_report(target);
         if let Some(found) = self.local_copy(target).await? {
@@ -39,15 +61,15 @@ impl Node {
         let liveness = &self.inner.state.liveness;
         let mut asked: HashSet<PeerId> = HashSet::new();
         let mut pending = FuturesUnordered::new();
-        let first: Vec<PeerId> = self
+        let responsible: Vec<PeerId> = self
             .inner
             .state
             .view
             .closest(&target, k)
             .into_iter()
             .filter(|p| !liveness.is_down(p))
-            .take(self.inner.config.parallelism)
             .collect();
+        let first = self.first_asked(responsible);
         for p in first {
             asked.insert(p);
             pending.push(self.ask(p, target));

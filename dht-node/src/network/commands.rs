@@ -1,8 +1,6 @@
 //! What the node asks of the swarm task: lookups, requests, answers to inbound
 //! requests, dials, blocks.
 
-use std::time::Instant;
-
 use tracing::{debug, warn};
 
 use super::driver::Driver;
@@ -26,7 +24,7 @@ impl Driver {
                 request,
                 reply,
             } => {
-                self.budget.touch(&peer, Instant::now());
+                self.touch(&peer);
                 self.state
                     .metrics
                     .outbound_requests
@@ -94,6 +92,10 @@ impl Driver {
                 if let Err(e) = self.swarm.behaviour_mut().kad.bootstrap() {
                     debug!(error = %e, "bootstrap: no known peers");
                 }
+            }
+            Command::SelfLookup => {
+                let me = *self.swarm.local_peer_id();
+                self.swarm.behaviour_mut().kad.get_closest_peers(me);
             }
             Command::Block(peer) => {
                 self.swarm.behaviour_mut().blocked.block_peer(peer);

@@ -2,7 +2,7 @@
 //! inbound requests, which pass the per-peer rate limit and the in-flight cap before
 //! [`crate::inbound`] handles them off the swarm task.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dht_core::ReasonCode;
 use libp2p::request_response::{self, OutboundFailure, ResponseChannel};
@@ -37,7 +37,7 @@ impl Driver {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
-                    self.budget.touch(&peer, Instant::now());
+                    self.touch(&peer);
                     self.on_inbound(peer, request, channel);
                 }
                 request_response::Message::Response {
