@@ -1,6 +1,7 @@
 //! Visor fleets: what thousands of client-mode nodes cost the few full nodes they read
 //! from. 20 full nodes run in a `dht-node testnet` process of their own (their CPU is
-//! read from `/proc`), holding 2,000 "tp"-salted items; N client-mode visors run in this
+//! read from `/proc`), holding 2,000 "tp"-salted items (put by a full node of this
+//! process that leaves afterwards); N client-mode visors run in this
 //! process, each bootstrapped from one full node, and each offers one first-valid get
 //! per second (open loop: a slow get does not delay the next). Measured: the full
 //! nodes' CPU while the connected visors are idle and while they read, completed gets
@@ -24,9 +25,11 @@ pub const FULL_NODES: usize = 20;
 pub const ITEMS: usize = 2_000;
 /// Visors started at once.
 const START_CONCURRENCY: usize = 25;
-/// Wait after the last visor started before measuring: its bootstrap rounds (1, 3, 10 and
-/// 30 s after start) must be over.
-const SETTLE: Duration = Duration::from_secs(32);
+/// Wait after the last visor started before measuring: the visors' joining lookups (each
+/// dials the full nodes it asks, and the connection budget closes the extra ones after
+/// a grace period) must be over, and the full nodes' own joining rounds (up to 30 s
+/// after they started).
+const SETTLE: Duration = Duration::from_secs(60);
 /// Idle window over which the full nodes' CPU is read.
 const IDLE_WINDOW: Duration = Duration::from_secs(10);
 /// A get still running this long after the load window counts as failed.
@@ -80,12 +83,16 @@ pub async fn run(bin: &Path, visors: usize, load: Duration) -> anyhow::Result<Fl
     let net = TestnetProcess::start(bin, FULL_NODES, None).await?;
     anyhow::ensure!(!net.nodes.is_empty(), "the testnet reported no nodes");
     let pid = net.pid();
-    // The items: put by a client of this process.
+    // The items: put by a full node of this process that leaves once they are stored
+    // (a client would be a stranger to the full nodes, whose admission lets a stranger
+    // create only a few items a second). Each item keeps 19 or 20 copies.
     let mut config = NodeConfig::local();
-    config.mode = NodeMode::Client;
     config.bootstrap = vec![net.bootstrap.clone()];
     let writer = Node::builder().config(config.clone()).build().await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let t = Instant::now();
+    while writer.routing_table().len() < FULL_NODES && t.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let keys: Vec<SigningKey> = (0..ITEMS).map(|_| SigningKey::generate_ed25519()).collect();
     let stored = futures::stream::iter(&keys)
         .map(|k| {
@@ -99,6 +106,7 @@ pub async fn run(bin: &Path, visors: usize, load: Duration) -> anyhow::Result<Fl
         .await;
     writer.shutdown().await;
     eprintln!("   {stored}/{ITEMS} items stored");
+    config.mode = NodeMode::Client;
     let subjects: Arc<Vec<PublicKey>> = Arc::new(keys.iter().map(|k| k.public_key()).collect());
 
     let t0 = Instant::now();
@@ -147,7 +155,7 @@ pub async fn run(bin: &Path, visors: usize, load: Duration) -> anyhow::Result<Fl
                     break;
                 }
                 offered.fetch_add(1, Ordering::Relaxed);
-                let subject = subjects[rand::thread_rng().gen_range(0..subjects.len())].clone();
+                let subject = subjects[rand::thread_rng().gen_range(0..subjects.len())];
                 let (v, latencies, failures) = (v.clone(), latencies.clone(), failures.clone());
                 gets.push(tokio::spawn(async move {
                     let t = Instant::now();

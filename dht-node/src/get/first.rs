@@ -18,7 +18,9 @@ use crate::NodeError;
 
 /// The hedge of a first-valid get. A read that the routing table already resolves
 /// costs alpha requests, not a whole lookup: the lookup starts only once
-/// `get_hedge_delay` passed without the item, or every peer asked missed.
+/// `get_hedge_delay` passed without the item, or every peer asked missed. A visor
+/// (client mode) first hedges to the rest of the responsible set it knows, alpha peers
+/// per hedge delay, and looks up only once it has asked them all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Hedge {
     /// The closest known peers are asked; the lookup waits for the hedge delay.
@@ -34,7 +36,7 @@ impl Node {
     /// of the responsible set; a visor (client mode) asks the ones among them it is
     /// connected to, when there are any, so that a read costs one round trip over a
     /// warm connection and opens none (it keeps `client_connections` full nodes).
-    fn first_asked(&self, responsible: Vec<PeerId>) -> Vec<PeerId> {
+    fn first_asked(&self, responsible: &[PeerId]) -> Vec<PeerId> {
         let alpha = self.inner.config.parallelism;
         if self.inner.config.mode == NodeMode::Client {
             let connected = self.inner.state.connected.read();
@@ -48,7 +50,7 @@ impl Node {
                 return warm;
             }
         }
-        responsible.into_iter().take(alpha).collect()
+        responsible.iter().take(alpha).copied().collect()
     }
 
     pub(super) async fn get_first(&self, target: Target) -> Result<GetReport, NodeError> {
@@ -69,20 +71,45 @@ impl Node {
             .into_iter()
             .filter(|p| !liveness.is_down(p))
             .collect();
-        let first = self.first_asked(responsible);
-        for p in first {
-            asked.insert(p);
-            pending.push(self.ask(p, target));
+        let first = self.first_asked(&responsible);
+        for p in &first {
+            asked.insert(*p);
+            pending.push(self.ask(*p, target));
         }
+        // A visor hedges to the rest of the responsible set it knows before it looks
+        // up: a lookup dials every full node it asks, and a fleet of visors looking up
+        // at once would storm the full nodes with handshakes.
+        let mut spare: Vec<PeerId> = match self.inner.config.mode {
+            NodeMode::Client => responsible
+                .into_iter()
+                .filter(|p| !asked.contains(p))
+                .rev()
+                .collect(),
+            NodeMode::Full => Vec::new(),
+        };
+        let hedge_delay = self.inner.config.get_hedge_delay;
         let mut hedge = Hedge::Waiting;
-        let delay = tokio::time::sleep(self.inner.config.get_hedge_delay);
+        let delay = tokio::time::sleep(hedge_delay);
         tokio::pin!(delay);
         let lookup = OptionFuture::from(None);
         tokio::pin!(lookup);
         loop {
             if hedge == Hedge::Waiting && (delay.is_elapsed() || pending.is_empty()) {
-                hedge = Hedge::LookingUp;
-                lookup.set(Some(self.inner.client.lookup(target)).into());
+                if spare.is_empty() {
+                    hedge = Hedge::LookingUp;
+                    lookup.set(Some(self.inner.client.lookup(target)).into());
+                } else {
+                    // Nearest first (`spare` is reversed).
+                    for _ in 0..self.inner.config.parallelism {
+                        if let Some(p) = spare.pop() {
+                            asked.insert(p);
+                            pending.push(self.ask(p, target));
+                        }
+                    }
+                    delay
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + hedge_delay);
+                }
             }
             tokio::select! {
                 _ = &mut delay, if hedge == Hedge::Waiting => {}
