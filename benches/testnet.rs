@@ -20,9 +20,12 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 mod faults;
+mod fleet;
 mod flood;
 mod hops;
+mod idle;
 mod memory;
+mod procs;
 mod scale;
 mod seed;
 mod wan;
@@ -117,6 +120,27 @@ struct Args {
     /// its block of the report).
     #[arg(long)]
     only_wan: bool,
+    /// Full nodes of the idle-cost measurement, in a `dht-node testnet` process of their
+    /// own (0: skip).
+    #[arg(long, default_value_t = 100)]
+    idle_nodes: usize,
+    /// Seconds of idleness measured.
+    #[arg(long, default_value_t = 20)]
+    idle_secs: u64,
+    /// Client-mode visors of the fleet benchmark, each offering 1 get/s to 20 full nodes
+    /// in a process of their own (0: skip).
+    #[arg(long, default_value_t = 1000)]
+    fleet_visors: usize,
+    /// Smaller fleets run before the largest, to find the largest that holds.
+    #[arg(long, value_delimiter = ',', default_value = "300")]
+    fleet_steps: Vec<usize>,
+    /// Seconds of load per fleet.
+    #[arg(long, default_value_t = 20)]
+    fleet_secs: u64,
+    /// Run only the idle-cost and fleet sections (rewrites only their block of the
+    /// report).
+    #[arg(long)]
+    only_fleet: bool,
     /// The `dht-sidecar` binary (default: beside this one).
     #[arg(long)]
     dht_sidecar: Option<std::path::PathBuf>,
@@ -445,6 +469,8 @@ fn ratio(ours: f64, theirs: f64) -> String {
 }
 
 const WAN_START: &str = "<!-- dht-bench:wan:start -->";
+const FLEET_START: &str = "<!-- dht-bench:fleet:start -->";
+const FLEET_END: &str = "<!-- dht-bench:fleet:end -->";
 const WAN_END: &str = "<!-- dht-bench:wan:end -->";
 
 fn main() -> anyhow::Result<()> {
@@ -509,6 +535,11 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         args.seed_scales = vec![1];
         args.memory_items = 2_000;
         args.catch_up_nodes = 10;
+        args.idle_nodes = 10;
+        args.idle_secs = 5;
+        args.fleet_visors = 20;
+        args.fleet_steps = Vec::new();
+        args.fleet_secs = 5;
     }
     let mem_total = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -521,6 +552,14 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
             .and_then(|p| p.parent().map(|d| d.join("dht-node")))
             .unwrap_or_else(|| "dht-node".into())
     });
+    if (args.idle_nodes > 0 || args.fleet_visors > 0) && !args.only_faults && !args.only_flood {
+        let md = idle_and_fleet(&args, &bin).await?;
+        write_report(&args.out, &md, FLEET_START, FLEET_END)?;
+        println!("{md}");
+    }
+    if args.only_fleet {
+        return Ok(());
+    }
     if args.flood_secs > 0 && !args.only_faults {
         let secs = if args.quick { 2 } else { args.flood_secs };
         let mut runs = vec![flood::run(&bin, secs, args.flood_in_flight, false).await?];
@@ -820,6 +859,35 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         run_wan_process(&args, rtt)?;
     }
     Ok(())
+}
+
+/// The idle-cost and visor-fleet sections.
+async fn idle_and_fleet(args: &Args, bin: &std::path::Path) -> anyhow::Result<String> {
+    let mut md = String::new();
+    if args.idle_nodes > 0 {
+        eprintln!("== idle cost: {} nodes", args.idle_nodes);
+        let f = idle::run(bin, args.idle_nodes, Duration::from_secs(args.idle_secs)).await?;
+        eprintln!("{f:?}");
+        md.push_str(&idle::markdown(&f));
+    }
+    if args.fleet_visors > 0 {
+        let mut sizes: Vec<usize> = args
+            .fleet_steps
+            .iter()
+            .copied()
+            .filter(|&n| n > 0 && n < args.fleet_visors)
+            .collect();
+        sizes.push(args.fleet_visors);
+        let mut runs = Vec::new();
+        for n in sizes {
+            eprintln!("== fleet: {n} visors");
+            let f = fleet::run(bin, n, Duration::from_secs(args.fleet_secs)).await?;
+            eprintln!("{f:?}");
+            runs.push(f);
+        }
+        md.push_str(&fleet::markdown(&runs));
+    }
+    Ok(md)
 }
 
 /// Runs the WAN section in a process of its own (it moves into a network namespace).

@@ -107,6 +107,15 @@ pub struct NodeConfig {
     /// Most peers kept connected; past it the least recently used are disconnected (down
     /// to three quarters). Routing-table peers are dialled again on demand.
     pub max_connected_peers: usize,
+    /// Full nodes: most client-mode peers (visors) kept connected, a budget apart from
+    /// `max_connected_peers`, so that a fleet of visors neither crowds full nodes out
+    /// nor is trimmed with them (a visor whose connection is trimmed dials again at its
+    /// next read: trimming a fleet turns into a reconnection storm).
+    pub max_client_peers: usize,
+    /// Client mode: most full nodes kept connected. Reads go first to the connected
+    /// full nodes among the responsible set (one round trip over a warm connection);
+    /// the extra connections a lookup opens are closed again after a grace period.
+    pub client_connections: usize,
     /// Per-peer inbound rate limit.
     pub rate_limit: RateLimit,
     /// New items (targets not yet held, non-authorized signers) a peer outside the
@@ -161,6 +170,8 @@ impl Default for NodeConfig {
             save_interval: Duration::from_secs(30),
             idle_connection_timeout: Duration::from_secs(600),
             max_connected_peers: 256,
+            max_client_peers: 4096,
+            client_connections: 3,
             rate_limit: RateLimit::default(),
             stranger_items_per_peer: crate::admission::Budget {
                 per_second: 2.0,

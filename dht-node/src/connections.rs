@@ -4,6 +4,10 @@
 //! on demand), so trimming costs one reconnection later, while an unbounded count ends in
 //! file-descriptor exhaustion: accepts then fail and dialers wait for handshakes that
 //! never complete.
+//!
+//! A full node keeps two budgets: one for full nodes and one for client-mode peers
+//! (visors), which move to the second once identify shows they serve no kad. A visor
+//! keeps a small budget of its own (`client_connections`).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -43,6 +47,24 @@ impl ConnectionBudget {
     #[cfg(test)]
     fn connected(&self) -> usize {
         self.peers.len()
+    }
+
+    /// Whether more peers are connected than the budget allows (a trim is due, now or
+    /// once their grace period ends).
+    pub fn is_over(&self) -> bool {
+        self.peers.len() > self.high
+    }
+
+    /// Whether `peer` is tracked here.
+    pub fn contains(&self, peer: &PeerId) -> bool {
+        self.peers.contains_key(peer)
+    }
+
+    /// Moves `peer`'s record (all its connections) to the budget `to`.
+    pub fn move_to(&mut self, peer: &PeerId, to: &mut ConnectionBudget) {
+        if let Some(u) = self.peers.remove(peer) {
+            to.peers.insert(*peer, u);
+        }
     }
 
     /// A connection to `peer` was established.
@@ -156,6 +178,22 @@ mod tests {
             "grace"
         );
         assert_eq!(b.over_budget(t0 + Duration::from_secs(11)).len(), 2);
+    }
+
+    #[test]
+    fn a_peer_moved_to_another_budget_counts_there_only() {
+        let t0 = Instant::now();
+        let mut full = ConnectionBudget::new(1, Duration::ZERO);
+        let mut clients = ConnectionBudget::new(8, Duration::ZERO);
+        let (p, q) = (PeerId::random(), PeerId::random());
+        full.established(p, t0);
+        full.established(q, t0);
+        assert!(full.is_over());
+        full.move_to(&q, &mut clients);
+        assert!(!full.is_over() && full.over_budget(t0).is_empty());
+        assert!(clients.contains(&q) && !full.contains(&q));
+        clients.closed(&q);
+        assert_eq!(clients.connected(), 0);
     }
 
     #[test]

@@ -129,6 +129,22 @@ impl Liveness {
             .collect()
     }
 
+    /// When the next re-dial or death declaration is due (`None`: nobody is down), so
+    /// that the swarm task wakes for it and otherwise sleeps.
+    pub(crate) fn next_due(&self) -> Option<Instant> {
+        self.peers
+            .read()
+            .values()
+            .map(|h| {
+                if h.dead {
+                    h.next_redial
+                } else {
+                    h.next_redial.min(h.since + self.dead_after)
+                }
+            })
+            .min()
+    }
+
     /// Suspected peers whose outage has lasted `dead_after`: marked dead and returned
     /// (each once).
     pub(crate) fn newly_dead(&self, now: Instant) -> Vec<PeerId> {
@@ -180,6 +196,7 @@ mod tests {
         assert_eq!(due[0].1.len(), 1);
         // The next attempt waits longer.
         assert!(l.due_redials(t0 + FIRST_REDIAL_BACKOFF * 2).is_empty());
+        assert_eq!(l.next_due(), Some(t0 + FIRST_REDIAL_BACKOFF * 3));
         assert!(l.newly_dead(t0 + Duration::from_secs(9)).is_empty());
         assert_eq!(l.newly_dead(t0 + Duration::from_secs(10)), vec![p]);
         assert!(l.newly_dead(t0 + Duration::from_secs(11)).is_empty());

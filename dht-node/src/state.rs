@@ -3,11 +3,13 @@
 //! event channel, the metrics, and the local store with its one async-safe access path
 //! ([`NodeState::with_store`]).
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dht_core::store::RecordStore;
+use libp2p::PeerId;
 use parking_lot::RwLock;
 use tokio::sync::broadcast;
 
@@ -33,6 +35,9 @@ pub(crate) struct NodeState {
     pub liveness: Liveness,
     /// Observed round trips per peer: the queries' hedge deadlines.
     pub rtt: RttTable,
+    /// Peers with an open connection (kept by the swarm task): a visor reads from the
+    /// connected ones first.
+    pub connected: RwLock<HashSet<PeerId>>,
     /// The local store (full nodes); taken at shutdown.
     store: RwLock<Option<Arc<dyn RecordStore>>>,
     /// Whether the start-up catch-up finished (until then the local copy alone answers
@@ -67,6 +72,7 @@ impl NodeState {
             metrics,
             liveness,
             rtt,
+            connected: RwLock::new(HashSet::new()),
             store: RwLock::new(store),
             caught_up: AtomicBool::new(caught_up),
             bootstrapped: AtomicBool::new(false),

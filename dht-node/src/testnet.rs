@@ -189,6 +189,7 @@ impl TestnetBuilder {
         // would leave dialers waiting for handshakes until they time out).
         let per_node = open_files_limit().saturating_sub(1024) * 3 / 4 / self.size.max(1);
         template.max_connected_peers = template.max_connected_peers.min(per_node.max(8));
+        template.max_client_peers = template.max_client_peers.min(per_node.max(8));
         let mut net = Testnet {
             nodes: Vec::with_capacity(self.size),
             dirs: Vec::new(),

@@ -11,6 +11,7 @@ use libp2p::PeerId;
 
 use super::in_flight::InFlight;
 use super::{new_report, Answer};
+use crate::config::NodeMode;
 use crate::node::Node;
 use crate::report::{GetOutcome, GetReport};
 use crate::routing::{closest_of, target_key};
@@ -21,7 +22,9 @@ use crate::NodeError;
 /// `get_hedge_delay` passed without the item, or every peer asked missed. The lookup
 /// never blocks the table: a peer that misses, fails or passes its deadline (from its
 /// observed round trips, see [`crate::rtt`]) is replaced at once by the next closest
-/// peer the table knows.
+/// peer the table knows. A visor (client mode) first hedges to the rest of the
+/// responsible set it knows, alpha peers per hedge delay, and looks up only once it has
+/// asked them all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Hedge {
     /// The closest known peers are asked; the lookup waits for the hedge delay.
@@ -33,6 +36,27 @@ enum Hedge {
 }
 
 impl Node {
+    /// The peers a first-valid get asks before its hedge: the alpha closest live peers
+    /// of the responsible set; a visor (client mode) asks the ones among them it is
+    /// connected to, when there are any, so that a read costs one round trip over a
+    /// warm connection and opens none (it keeps `client_connections` full nodes).
+    fn first_asked(&self, responsible: &[PeerId]) -> Vec<PeerId> {
+        let alpha = self.inner.config.parallelism;
+        if self.inner.config.mode == NodeMode::Client {
+            let connected = self.inner.state.connected.read();
+            let warm: Vec<PeerId> = responsible
+                .iter()
+                .filter(|p| connected.contains(p))
+                .take(alpha)
+                .copied()
+                .collect();
+            if !warm.is_empty() {
+                return warm;
+            }
+        }
+        responsible.iter().take(alpha).copied().collect()
+    }
+
     pub(super) async fn get_first(&self, target: Target) -> Result<GetReport, NodeError> {
         let mut report = new_report(target);
         if let Some(found) = self.local_copy(target).await? {
@@ -51,18 +75,36 @@ impl Node {
             .filter(|p| !liveness.is_down(p))
             .collect();
         let mut flight = InFlight::new(self, target);
-        for p in reserve.drain(..self.inner.config.parallelism.min(reserve.len())) {
+        let first = self.first_asked(reserve.make_contiguous());
+        reserve.retain(|p| !first.contains(p));
+        for p in first {
             flight.ask(p);
         }
+        // A visor hedges to the rest of the responsible set it knows before it looks
+        // up: a lookup dials every full node it asks, and a fleet of visors looking up
+        // at once would storm the full nodes with handshakes.
+        let client = self.inner.config.mode == NodeMode::Client;
+        let hedge_delay = self.inner.config.get_hedge_delay;
         let mut hedge = Hedge::Waiting;
-        let delay = tokio::time::sleep(self.inner.config.get_hedge_delay);
+        let delay = tokio::time::sleep(hedge_delay);
         tokio::pin!(delay);
         let lookup = OptionFuture::from(None);
         tokio::pin!(lookup);
         loop {
             if hedge == Hedge::Waiting && (delay.is_elapsed() || flight.is_empty()) {
-                hedge = Hedge::LookingUp;
-                lookup.set(Some(self.inner.client.lookup(target)).into());
+                if client && !reserve.is_empty() {
+                    for _ in 0..self.inner.config.parallelism {
+                        if let Some(p) = reserve.pop_front() {
+                            flight.ask(p);
+                        }
+                    }
+                    delay
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + hedge_delay);
+                } else {
+                    hedge = Hedge::LookingUp;
+                    lookup.set(Some(self.inner.client.lookup(target)).into());
+                }
             }
             // Only the timers of late requests wake the loop: a miss is reported only
             // once every peer asked answered (or failed) and the lookup answered, so a
@@ -104,7 +146,7 @@ impl Node {
                     let key = target_key(&target);
                     let found = peers.unwrap_or_default().into_iter().map(|(p, _)| p);
                     for p in closest_of(&key, found, k) {
-                        if !liveness.is_down(&p) {
+                        if p != self.inner.peer_id && !liveness.is_down(&p) {
                             flight.ask(p);
                         }
                     }

@@ -39,6 +39,11 @@ impl Bans {
         self.until.remove(peer);
     }
 
+    /// When the next ban ends.
+    pub(super) fn next_end(&self) -> Option<Instant> {
+        self.until.values().min().copied()
+    }
+
     /// Removes and returns the bans over at `now`.
     pub(super) fn take_expired(&mut self, now: Instant) -> Vec<PeerId> {
         let over: Vec<PeerId> = self

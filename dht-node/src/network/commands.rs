@@ -26,7 +26,7 @@ impl Driver {
                 request,
                 reply,
             } => {
-                self.budget.touch(&peer, Instant::now());
+                self.touch(&peer);
                 self.state
                     .metrics
                     .outbound_requests
@@ -95,6 +95,10 @@ impl Driver {
                 if let Err(e) = self.swarm.behaviour_mut().kad.bootstrap() {
                     debug!(error = %e, "bootstrap: no known peers");
                 }
+            }
+            Command::SelfLookup => {
+                let me = *self.swarm.local_peer_id();
+                self.swarm.behaviour_mut().kad.get_closest_peers(me);
             }
             Command::Block(peer) => {
                 // Blocked until unblocked, whatever a ban's end.

@@ -1,6 +1,9 @@
-//! The swarm task's event loop: commands from the node, swarm events, and a periodic
-//! tick that refreshes the routing view, trims connections over the budget, stops
-//! abandoned lookups and drives the liveness probes.
+//! The swarm task's event loop: commands from the node, swarm events, and a
+//! housekeeping tick that refreshes the routing view, trims connections over the
+//! budget, stops abandoned lookups and drives the liveness probes. The tick is adaptive:
+//! every [`TICK`] while there is something to watch (lookups in flight, a stale view, a
+//! budget over its size), at the next re-dial or death declaration when peers are
+//! down, and every [`IDLE_TICK`] otherwise, so that a quiet node does next to nothing.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -19,7 +22,7 @@ use super::bans::Bans;
 use super::rate_limit::RateLimiter;
 use super::transport::{Behaviour, BehaviourEvent};
 use super::{Command, PeerList};
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, NodeMode};
 use crate::connections::ConnectionBudget;
 use crate::events::NodeEvent;
 use crate::inbound::Inbound;
@@ -32,6 +35,10 @@ use crate::NodeError;
 
 /// A new connection is never trimmed before it is this old (a lookup needs it first).
 const CONNECTION_GRACE: Duration = Duration::from_secs(2);
+/// Housekeeping period while something needs watching.
+const TICK: Duration = Duration::from_millis(500);
+/// Housekeeping period of a quiet node.
+const IDLE_TICK: Duration = Duration::from_secs(30);
 
 /// An item-protocol request awaiting its answer.
 pub(super) struct PendingRequest {
@@ -55,7 +62,12 @@ pub(crate) struct Driver {
     pub(super) max_per_range: Option<usize>,
     pub(super) range_includes_loopback: bool,
     pub(super) view_dirty: bool,
+    /// Connected peers against `max_connected_peers` (a visor: `client_connections`).
     pub(super) budget: ConnectionBudget,
+    /// A full node's client-mode peers (visors), against `max_client_peers`.
+    pub(super) clients: ConnectionBudget,
+    /// Full node or client.
+    pub(super) mode: NodeMode,
     /// The remote IP of each connected peer (for per-range budgets).
     pub(super) remote_ips: HashMap<PeerId, std::net::IpAddr>,
     /// Inbound requests being handled, per peer.
@@ -102,7 +114,15 @@ impl Driver {
             max_per_range: config.max_peers_per_ip_range,
             range_includes_loopback: config.ip_range_limit_loopback,
             view_dirty: true,
-            budget: ConnectionBudget::new(config.max_connected_peers, CONNECTION_GRACE),
+            budget: ConnectionBudget::new(
+                match config.mode {
+                    NodeMode::Full => config.max_connected_peers,
+                    NodeMode::Client => config.client_connections,
+                },
+                CONNECTION_GRACE,
+            ),
+            clients: ConnectionBudget::new(config.max_client_peers, CONNECTION_GRACE),
+            mode: config.mode,
             remote_ips: HashMap::new(),
             handling: HashMap::new(),
             held: HashMap::new(),
@@ -119,7 +139,8 @@ impl Driver {
 
     /// Runs until shutdown.
     pub(crate) async fn run(mut self) {
-        let mut refresh = tokio::time::interval(Duration::from_millis(500));
+        let tick = tokio::time::sleep(TICK);
+        tokio::pin!(tick);
         loop {
             tokio::select! {
                 cmd = self.commands.recv() => match cmd {
@@ -127,7 +148,7 @@ impl Driver {
                     Some(cmd) => self.on_command(cmd),
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
-                _ = refresh.tick() => {
+                _ = &mut tick => {
                     if self.view_dirty {
                         self.refresh_view();
                     }
@@ -135,14 +156,52 @@ impl Driver {
                     self.finish_abandoned_lookups();
                     self.check_liveness();
                     self.lift_expired_bans();
-                    self.state
-                        .metrics
-                        .connected_peers
-                        .set(self.swarm.connected_peers().count() as i64);
+                    tick.as_mut().reset(self.next_tick(Instant::now() + IDLE_TICK).into());
                 }
+            }
+            // Work that just arrived (a lookup, a suspicion, a connection over budget)
+            // brings the next tick forward.
+            let next = self.next_tick(tick.deadline().into_std());
+            if next < tick.deadline().into_std() {
+                tick.as_mut().reset(next.into());
             }
         }
         debug!("swarm task stopped");
+    }
+
+    /// When housekeeping should run next, at the latest `latest`.
+    fn next_tick(&self, latest: Instant) -> Instant {
+        let busy = self.view_dirty
+            || !self.lookups.is_empty()
+            || self.budget.is_over()
+            || self.clients.is_over();
+        let mut next = if busy {
+            latest.min(Instant::now() + TICK)
+        } else {
+            latest
+        };
+        if let Some(due) = self.state.liveness.next_due() {
+            next = next.min(due.max(Instant::now()));
+        }
+        if let Some(end) = self.bans.next_end() {
+            next = next.min(end.max(Instant::now()));
+        }
+        next
+    }
+
+    /// `peer` was just used (a request to or from it): the last to be trimmed.
+    pub(super) fn touch(&mut self, peer: &PeerId) {
+        let now = Instant::now();
+        self.budget.touch(peer, now);
+        self.clients.touch(peer, now);
+    }
+
+    /// Counts the connected peers in the metrics and the shared state.
+    fn count_connected(&self) {
+        self.state
+            .metrics
+            .connected_peers
+            .set(self.swarm.connected_peers().count() as i64);
     }
 
     /// Re-dials suspected peers whose backoff elapsed, and declares dead those whose
@@ -195,9 +254,13 @@ impl Driver {
         }
     }
 
-    /// Disconnects the least recently used peers while over the connection budget.
+    /// Disconnects the least recently used peers while over a connection budget (full
+    /// nodes and clients apart).
     pub(super) fn trim_connections(&mut self) {
-        for peer in self.budget.over_budget(Instant::now()) {
+        let now = Instant::now();
+        let mut over = self.budget.over_budget(now);
+        over.extend(self.clients.over_budget(now));
+        for peer in over {
             debug!(%peer, "connection budget: disconnecting least recently used peer");
             let _ = self.swarm.disconnect_peer_id(peer);
         }
@@ -267,8 +330,21 @@ impl Driver {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
                 // Known at once as a full node (its hand-offs are not a stranger's).
-                self.servers.insert(peer_id);
-                self.refresh_view();
+                if self.servers.insert(peer_id) {
+                    self.refresh_view();
+                } else {
+                    // A periodic re-identify: addresses rarely change.
+                    self.view_dirty = true;
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                ..
+            })) if self.mode == NodeMode::Full && !self.clients.contains(&peer_id) => {
+                // A client-mode peer (a visor): it counts against the clients' budget,
+                // never against the full nodes'.
+                debug!(peer = %peer_id, "client-mode peer");
+                self.budget.move_to(&peer_id, &mut self.clients);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(_)) => {}
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
@@ -292,7 +368,13 @@ impl Driver {
                 if let Some(ip) = ip_of(endpoint.get_remote_address()) {
                     self.remote_ips.insert(peer_id, ip);
                 }
-                self.budget.established(peer_id, Instant::now());
+                if self.clients.contains(&peer_id) {
+                    self.clients.established(peer_id, Instant::now());
+                } else {
+                    self.budget.established(peer_id, Instant::now());
+                }
+                self.state.connected.write().insert(peer_id);
+                self.count_connected();
                 self.heard_from(peer_id);
                 self.trim_connections();
             }
@@ -303,7 +385,10 @@ impl Driver {
                 ..
             } => {
                 self.budget.closed(&peer_id);
+                self.clients.closed(&peer_id);
                 if num_established == 0 {
+                    self.state.connected.write().remove(&peer_id);
+                    self.count_connected();
                     self.servers.remove(&peer_id);
                     self.remote_ips.remove(&peer_id);
                     // Its next request dials first: the deadline of an unmeasured peer.

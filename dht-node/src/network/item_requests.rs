@@ -39,7 +39,7 @@ impl Driver {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
-                    self.budget.touch(&peer, Instant::now());
+                    self.touch(&peer);
                     self.on_inbound(peer, request, channel);
                 }
                 request_response::Message::Response {

@@ -3,7 +3,6 @@
 //! puts.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Instant;
 
 use libp2p::kad::{self, QueryResult};
 use libp2p::{Multiaddr, PeerId};
@@ -54,7 +53,7 @@ impl Driver {
                 addresses,
                 ..
             } => {
-                self.budget.touch(&peer, Instant::now());
+                self.touch(&peer);
                 if is_new_peer && !self.admit_by_ip_range(&peer, addresses.iter()) {
                     self.swarm.behaviour_mut().kad.remove_peer(&peer);
                     warn!(%peer, "routing table: too many peers from one IP range");

@@ -80,8 +80,11 @@ pub(crate) enum Command {
     Dial(Multiaddr),
     /// Add a known peer address to the routing table.
     AddPeer(PeerId, Multiaddr),
-    /// Run a kad bootstrap (refresh buckets).
+    /// Run a kad bootstrap (a lookup of this node's own id, then one per bucket).
     Bootstrap,
+    /// Look up this node's own id only: finds its neighbours (and announces this node
+    /// to them) at a fraction of a bootstrap's cost.
+    SelfLookup,
     /// Refuse every connection to and from a peer (and close the open ones).
     Block(PeerId),
     /// Lift a [`Command::Block`].

@@ -24,8 +24,12 @@ use crate::protocol::{ItemCodec, ITEM_PROTOCOL, ITEM_PROTOCOL_CODED, KAD_PROTOCO
 use crate::NodeError;
 
 /// How often connected peers are pinged (`/ipfs/ping/1.0.0`): a pong clears a
-/// suspicion, a missed one closes the connection.
-const PING_INTERVAL: Duration = Duration::from_secs(30);
+/// suspicion, a missed one closes the connection. Both ends of every connection ping,
+/// and pings are most of what a quiet network exchanges: a peer that crashed or whose
+/// socket closed is seen at once (the connection fails), and a request that fails
+/// suspects its peer at once, so the ping only catches peers that vanished silently
+/// (within a minute and the ping timeout).
+const PING_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Item-protocol streams one connection may have open at once (each may buffer up to
 /// one frame, so this bounds a peer's share of memory).

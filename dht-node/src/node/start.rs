@@ -1,6 +1,7 @@
 //! Start-up: identity and store from the data directory, the swarm and its listeners,
 //! the shared state, the swarm task, joining the network, maintenance.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,8 +35,13 @@ const COMMAND_QUEUE: usize = 4096;
 
 /// Extra bootstrap rounds after joining, seconds apart (see [`Node::join`]).
 const EARLY_BOOTSTRAP_ROUNDS: [u64; 4] = [1, 3, 10, 30];
-/// Seconds between bootstrap rounds after the early ones.
+/// Seconds between bootstrap rounds after the early ones, while the routing table
+/// changes.
 const PERIODIC_BOOTSTRAP_SECS: u64 = 5 * 60;
+/// The longest wait between rounds: the wait doubles from [`PERIODIC_BOOTSTRAP_SECS`]
+/// up to this while rounds find the routing table unchanged (new nodes announce
+/// themselves when they join; the rounds only catch what that missed).
+const MAX_BOOTSTRAP_SECS: u64 = 40 * 60;
 
 impl Node {
     pub(super) async fn start(builder: NodeBuilder) -> Result<Node, NodeError> {
@@ -196,20 +202,42 @@ impl Node {
         } else {
             info!(known, "joining the network");
             client.command(Command::Bootstrap).await?;
-            &EARLY_BOOTSTRAP_ROUNDS
+            match self.inner.config.mode {
+                NodeMode::Full => &EARLY_BOOTSTRAP_ROUNDS,
+                // A visor makes no early rounds: each would dial the full nodes it asks,
+                // and a fleet of visors must not storm them. It learns of full nodes
+                // that joined later at its periodic rounds.
+                NodeMode::Client => &[],
+            }
         };
         // Nodes joining at the same time may each miss the other in their first round
-        // (the peer they asked had not yet added the other): a few early rounds, then one
-        // every 5 minutes (kad's own periodic bootstrap is off: it warns "No known peers"
-        // on a lone bootstrap node; a round with an empty routing table is skipped quietly).
+        // (the peer they asked had not yet added the other): a few early rounds (lookups
+        // of the node's own id: its neighbours are what a concurrent join may miss; a
+        // full bootstrap per round made a forming network burn its CPU for a minute),
+        // then a full bootstrap every 5 minutes, backing off to 40 while the routing table stays the same
+        // (kad's own periodic bootstrap is off: it warns "No known peers" on a lone
+        // bootstrap node; a round with an empty routing table is skipped quietly).
         let client = client.clone();
         let early = early.to_vec();
+        let state = self.inner.state.clone();
         let rounds = tokio::spawn(async move {
-            for secs in early
-                .into_iter()
-                .chain(std::iter::repeat(PERIODIC_BOOTSTRAP_SECS))
-            {
+            for secs in early {
                 tokio::time::sleep(Duration::from_secs(secs)).await;
+                if client.command(Command::SelfLookup).await.is_err() {
+                    return;
+                }
+            }
+            let mut wait = PERIODIC_BOOTSTRAP_SECS;
+            let mut last = state.view.snapshot().into_keys().collect::<HashSet<_>>();
+            loop {
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+                let table = state.view.snapshot().into_keys().collect::<HashSet<_>>();
+                wait = if table == last {
+                    (wait * 2).min(MAX_BOOTSTRAP_SECS)
+                } else {
+                    PERIODIC_BOOTSTRAP_SECS
+                };
+                last = table;
                 if client.command(Command::Bootstrap).await.is_err() {
                     return;
                 }

@@ -82,6 +82,16 @@ pub const NODE_KEYS: &[KeyDoc] = &[
         doc: "most peers kept connected [256; 1 to 100000]",
     },
     KeyDoc {
+        key: "max_client_peers",
+        example: "4096",
+        doc: "most client-mode peers (visors) kept connected, apart from max_connected_peers [4096; 1 to 100000]",
+    },
+    KeyDoc {
+        key: "client_connections",
+        example: "3",
+        doc: "client mode: most full nodes kept connected [3; 1 to 1000]",
+    },
+    KeyDoc {
         key: "max_store_bytes",
         example: "4294967296",
         doc: "store size past which strangers' items are evicted [4 GiB; 1 MiB to 1 PiB]",
@@ -147,6 +157,10 @@ pub struct NodeSettings {
     pub republish_interval_secs: u64,
     /// Most peers kept connected.
     pub max_connected_peers: usize,
+    /// Most client-mode peers kept connected (full nodes).
+    pub max_client_peers: usize,
+    /// Most full nodes kept connected (client mode).
+    pub client_connections: usize,
     /// Store size past which non-authorized items are evicted.
     pub max_store_bytes: u64,
     /// Live items of one non-authorized signer.
@@ -177,6 +191,8 @@ impl Default for NodeSettings {
             replication: config.replication,
             republish_interval_secs: config.republish_interval.as_secs(),
             max_connected_peers: config.max_connected_peers,
+            max_client_peers: config.max_client_peers,
+            client_connections: config.client_connections,
             max_store_bytes: config.store_limits.max_total_bytes,
             max_items_per_signer: config.store_limits.max_items_per_signer,
             metrics_listen: None,
@@ -212,6 +228,8 @@ impl Schema for NodeSettings {
             YEAR_SECS,
         )?;
         in_range("max_connected_peers", self.max_connected_peers, 1, 100_000)?;
+        in_range("max_client_peers", self.max_client_peers, 1, 100_000)?;
+        in_range("client_connections", self.client_connections, 1, 1000)?;
         in_range("max_store_bytes", self.max_store_bytes, MIB, MIB << 30)?;
         in_range(
             "max_items_per_signer",
@@ -290,6 +308,8 @@ impl NodeSettings {
             replication: self.replication,
             republish_interval: Duration::from_secs(self.republish_interval_secs),
             max_connected_peers: self.max_connected_peers,
+            max_client_peers: self.max_client_peers,
+            client_connections: self.client_connections,
             repair_store: self.repair_store,
             ..NodeConfig::default()
         };
