@@ -423,10 +423,8 @@ async fn a_stranger_flood_is_throttled_while_publishers_and_owners_keep_writing(
     net.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stranger_that_keeps_sending_past_its_refusals_is_banned_and_full_nodes_are_not() {
-    // Full nodes may send 40 requests at once; a stranger 2, and is refused at most 100
-    // more (at no rate) before it is taken for a flood.
+/// Two full nodes whose peers may send 40 requests (strangers 2), never refilled.
+async fn two_nodes_allowing_40_requests() -> Testnet {
     let mut config = NodeConfig::local();
     config.rate_limit = RateLimit {
         per_second: 0.0,
@@ -436,6 +434,14 @@ async fn a_stranger_that_keeps_sending_past_its_refusals_is_banned_and_full_node
     };
     let net = Testnet::builder(2).config(config).build().await.unwrap();
     assert!(net.wait_for_routing(1, Duration::from_secs(10)).await);
+    net
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_that_keeps_sending_past_its_refusals_is_banned_and_full_nodes_are_not() {
+    // Full nodes may send 40 requests at once; a stranger 2, and is refused at most 100
+    // more (at no rate) before it is taken for a flood.
+    let net = two_nodes_allowing_40_requests().await;
     let replica = net.nodes[0].peer_id();
     let flooder = stranger(&net, 1024 * 1024).await;
     let get = || RequestProto {
@@ -482,15 +488,7 @@ async fn a_stranger_that_keeps_sending_past_its_refusals_is_banned_and_full_node
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_client_waits_for_its_refusals_while_full_nodes_get_them_at_once() {
     // Full nodes may send 40 requests; a stranger a twentieth of that: 2.
-    let mut config = NodeConfig::local();
-    config.rate_limit = RateLimit {
-        per_second: 0.0,
-        burst: 40.0,
-        bytes_per_second: 0.0,
-        burst_bytes: 1e9,
-    };
-    let net = Testnet::builder(2).config(config).build().await.unwrap();
-    assert!(net.wait_for_routing(1, Duration::from_secs(10)).await);
+    let net = two_nodes_allowing_40_requests().await;
     // The client bootstraps from (and so is connected to) node 0.
     let replica = net.nodes[0].peer_id();
     let key = SigningKey::generate_ed25519();
