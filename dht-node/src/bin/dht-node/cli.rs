@@ -79,15 +79,8 @@ pub enum Command {
     Put {
         #[command(flatten)]
         net: NetArgs,
-        /// Secret key file written by `keygen`.
-        #[arg(long)]
-        key: PathBuf,
-        /// Subject key (hex); default: the key's own public key.
-        #[arg(long)]
-        subject: Option<String>,
-        /// Salt (namespace), e.g. tp, svc, dmsg.
-        #[arg(long)]
-        salt: String,
+        #[command(flatten)]
+        signer: SignerArgs,
         /// Sequence number; default: one above the highest currently stored.
         #[arg(long)]
         seq: Option<u64>,
@@ -120,15 +113,8 @@ pub enum Command {
     Delete {
         #[command(flatten)]
         net: NetArgs,
-        /// Secret key file.
-        #[arg(long)]
-        key: PathBuf,
-        /// Subject key (hex); default: the key's own public key.
-        #[arg(long)]
-        subject: Option<String>,
-        /// Salt.
-        #[arg(long)]
-        salt: String,
+        #[command(flatten)]
+        signer: SignerArgs,
     },
     /// Join the network as a client and list the full nodes that answered or are in its
     /// routing table ("PEER_ID ADDR..." per line). Exit code 2 when no peer answered.
@@ -162,6 +148,20 @@ pub enum Command {
 pub enum SchemeArg {
     Ed25519,
     Secp256k1,
+}
+
+/// Who signs a `put` or a `delete`, for which subject, under which salt.
+#[derive(clap::Args)]
+pub struct SignerArgs {
+    /// Secret key file written by `keygen`.
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Subject key (hex); default: the key's own public key.
+    #[arg(long)]
+    pub subject: Option<String>,
+    /// Salt (namespace), e.g. tp, svc, dmsg.
+    #[arg(long)]
+    pub salt: String,
 }
 
 #[derive(clap::Args)]

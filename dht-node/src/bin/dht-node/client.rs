@@ -9,21 +9,18 @@ use anyhow::{bail, Context, Result};
 use dht_core::{MutableItem, PublicKey, SigningKey};
 use dht_node::{GetMode, GetOutcome as Lookup, Node, NodeConfig, NodeMode};
 
-use crate::cli::{NetArgs, SchemeArg};
+use crate::cli::{NetArgs, SchemeArg, SignerArgs};
 use crate::{code, Exit};
 
 /// `put`: signs and publishes; exit 2 when no replica answered, 1 when all refused.
 pub async fn put(
     net: NetArgs,
-    key: PathBuf,
-    subject: Option<String>,
-    salt: String,
+    signer: SignerArgs,
     seq: Option<u64>,
     value_file: Option<PathBuf>,
     allow_empty: bool,
 ) -> Result<()> {
-    let key = read_key(&key)?;
-    let subject = subject_or_own(subject.as_deref(), &key)?;
+    let (key, subject, salt) = signer_of(signer)?;
     let value = read_value(value_file.as_deref())?;
     if value.is_empty() && !allow_empty {
         let from = match value_file.as_deref() {
@@ -95,14 +92,8 @@ pub async fn get(
 }
 
 /// `delete`: a signed tombstone.
-pub async fn delete(
-    net: NetArgs,
-    key: PathBuf,
-    subject: Option<String>,
-    salt: String,
-) -> Result<()> {
-    let key = read_key(&key)?;
-    let subject = subject_or_own(subject.as_deref(), &key)?;
+pub async fn delete(net: NetArgs, signer: SignerArgs) -> Result<()> {
+    let (key, subject, salt) = signer_of(signer)?;
     let node = client(&net).await?;
     let report = with_timeout(&net, node.delete(&key, subject, salt.as_bytes())).await?;
     println!("{}", serde_json::to_string_pretty(&report.to_json())?);
@@ -223,6 +214,13 @@ pub fn read_key(path: &Path) -> Result<SigningKey> {
 /// A `--subject`: hex, on its curve.
 fn parse_subject(s: &str) -> Result<PublicKey> {
     PublicKey::parse_strict(s).with_context(|| format!("--subject {s:?}"))
+}
+
+/// The signing key, subject and salt of a `put` or `delete`.
+fn signer_of(signer: SignerArgs) -> Result<(SigningKey, PublicKey, String)> {
+    let key = read_key(&signer.key)?;
+    let subject = subject_or_own(signer.subject.as_deref(), &key)?;
+    Ok((key, subject, signer.salt))
 }
 
 fn subject_or_own(subject: Option<&str>, key: &SigningKey) -> Result<PublicKey> {

@@ -74,13 +74,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Keygen { scheme, out } => client::keygen(scheme, &out),
         Command::Put {
             net,
-            key,
-            subject,
-            salt,
+            signer,
             seq,
             value_file,
             allow_empty,
-        } => client::put(net, key, subject, salt, seq, value_file, allow_empty).await,
+        } => client::put(net, signer, seq, value_file, allow_empty).await,
         Command::Get {
             net,
             subject,
@@ -88,12 +86,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             quorum,
             raw,
         } => client::get(net, subject, salt, quorum, raw).await,
-        Command::Delete {
-            net,
-            key,
-            subject,
-            salt,
-        } => client::delete(net, key, subject, salt).await,
+        Command::Delete { net, signer } => client::delete(net, signer).await,
         Command::Peers { net } => client::peers(net).await,
         Command::Testnet {
             nodes,
