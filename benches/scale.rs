@@ -59,6 +59,7 @@ pub async fn run(
     per_process: usize,
     ops: usize,
     value_len: usize,
+    settle: Duration,
 ) -> anyhow::Result<ScaleFigures> {
     anyhow::ensure!(
         dht_node_bin.exists(),
@@ -121,8 +122,9 @@ pub async fn run(
         formation_s: t0.elapsed().as_secs_f64(),
         ..ScaleFigures::default()
     };
-    // Let routing tables settle (the later processes' lookups reach the first nodes).
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Let routing tables settle (the later processes' lookups reach the first nodes,
+    // and the joining rounds of the last process end).
+    tokio::time::sleep(settle).await;
     let own = crate::memory::rss_mb(std::process::id());
     let others: f64 = children
         .0

@@ -51,6 +51,19 @@ struct Args {
     /// Skip the mainline comparison.
     #[arg(long)]
     no_mainline: bool,
+    /// Our testnets up to this size run in this process; larger ones run over several
+    /// `dht-node testnet` processes of `--per-process` nodes (one process's 20,000 file
+    /// descriptors cannot hold the connections of 200 nodes), operations from this
+    /// process's nodes.
+    #[arg(long, default_value_t = 100)]
+    single_process_max: usize,
+    /// Nodes per process of the testnets larger than `--single-process-max`.
+    #[arg(long, default_value_t = 50)]
+    per_process: usize,
+    /// Sizes of the side-by-side run again on a loaded machine (a thread spinning on
+    /// every core, as on a shared server); 0 skips it.
+    #[arg(long, value_delimiter = ',', default_value = "100,200")]
+    loaded_sizes: Vec<usize>,
     /// Small and fast: sizes 10, 20 operations (a smoke test, for CI).
     #[arg(long)]
     quick: bool,
@@ -188,6 +201,8 @@ struct Figures {
     /// packets (both directions of every connection are on `lo`).
     wire: [Wire; 3],
     hops: Option<Hops>,
+    /// Processes the nodes ran in, when more than this one (0: all in this process).
+    processes: usize,
 }
 
 /// Traffic per operation.
@@ -287,6 +302,21 @@ async fn ours(size: usize, ops: usize, value_len: usize, quick: bool) -> anyhow:
         tokio::time::sleep_until((t0 + Duration::from_secs(32)).into()).await;
     }
 
+    let mut table = Vec::with_capacity(size);
+    let (mut connected, mut known) = (0usize, 0usize);
+    for n in &net.nodes {
+        if let Ok(s) = n.stats().await {
+            table.push(s.routing_table_peers);
+            connected += s.connected_peers;
+            known += usize::from(s.membership_known);
+        }
+    }
+    eprintln!(
+        "   routing tables {}..{} peers, {:.1} connected per node, membership known at {known} of {size}",
+        table.iter().min().unwrap_or(&0),
+        table.iter().max().unwrap_or(&0),
+        connected as f64 / size as f64
+    );
     let mut rng = rand::thread_rng();
     let keys: Vec<SigningKey> = (0..ops).map(|_| SigningKey::generate_ed25519()).collect();
     let mut put_lat = Vec::with_capacity(ops);
@@ -358,6 +388,40 @@ async fn ours(size: usize, ops: usize, value_len: usize, quick: bool) -> anyhow:
     f.puts_per_s = stored as f64 / t.elapsed().as_secs_f64();
     net.shutdown().await;
     Ok(f)
+}
+
+/// Ours over several processes (see `--single-process-max`): the figures the
+/// scale-out run measures, operations from this process's nodes after the joining
+/// rounds (30 s).
+async fn ours_over_processes(
+    bin: &std::path::Path,
+    size: usize,
+    args: &Args,
+) -> anyhow::Result<Figures> {
+    let s = scale::run(
+        bin,
+        size,
+        args.per_process,
+        args.ops,
+        args.value_len,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let p = |v: [f64; 3]| Pcts {
+        p50: v[0],
+        p90: v[1],
+        p99: v[2],
+    };
+    Ok(Figures {
+        formation_s: s.formation_s,
+        rss_mb_per_node: s.rss_mb_per_node,
+        put: p(s.put),
+        get_first: p(s.get_first),
+        get_quorum: p(s.get_quorum),
+        failures: s.failures,
+        processes: s.processes,
+        ..Figures::default()
+    })
 }
 
 #[allow(deprecated)] // mainline's sync API
@@ -432,6 +496,197 @@ fn mainline_figures(size: usize, ops: usize, value_len: usize) -> anyhow::Result
         .count();
     f.puts_per_s = stored as f64 / t.elapsed().as_secs_f64();
     Ok(f)
+}
+
+/// 1-minute load average.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Ours, then mainline, on testnets of `size` nodes: one block of rows of the table.
+async fn side_by_side(
+    md: &mut String,
+    size: usize,
+    args: &Args,
+    bin: &std::path::Path,
+) -> anyhow::Result<()> {
+    eprintln!("== {size} nodes: ours");
+    let o = if size > args.single_process_max {
+        ours_over_processes(bin, size, args).await?
+    } else {
+        ours(size, args.ops, args.value_len, args.quick).await?
+    };
+    eprintln!("{o:?}");
+    let m = if args.no_mainline {
+        None
+    } else {
+        eprintln!("== {size} nodes: mainline");
+        let (ops, len) = (args.ops, args.value_len);
+        let m = tokio::task::spawn_blocking(move || mainline_figures(size, ops, len)).await??;
+        eprintln!("{m:?}");
+        Some(m)
+    };
+    let rows: Vec<(&'static str, f64, Option<f64>, bool)> = vec![
+        (
+            "network formed (s)",
+            o.formation_s,
+            m.as_ref().map(|m| m.formation_s),
+            true,
+        ),
+        (
+            "resident memory per node (MB)",
+            o.rss_mb_per_node,
+            m.as_ref().map(|m| m.rss_mb_per_node),
+            true,
+        ),
+        (
+            "put confirmed p50",
+            o.put.p50,
+            m.as_ref().map(|m| m.put.p50),
+            true,
+        ),
+        (
+            "put confirmed p90",
+            o.put.p90,
+            m.as_ref().map(|m| m.put.p90),
+            true,
+        ),
+        (
+            "put confirmed p99",
+            o.put.p99,
+            m.as_ref().map(|m| m.put.p99),
+            true,
+        ),
+        (
+            "get first valid p50",
+            o.get_first.p50,
+            m.as_ref().map(|m| m.get_first.p50),
+            true,
+        ),
+        (
+            "get first valid p90",
+            o.get_first.p90,
+            m.as_ref().map(|m| m.get_first.p90),
+            true,
+        ),
+        (
+            "get first valid p99",
+            o.get_first.p99,
+            m.as_ref().map(|m| m.get_first.p99),
+            true,
+        ),
+        (
+            "get best-of-quorum / most recent p50",
+            o.get_quorum.p50,
+            m.as_ref().map(|m| m.get_quorum.p50),
+            true,
+        ),
+        (
+            "get best-of-quorum / most recent p90",
+            o.get_quorum.p90,
+            m.as_ref().map(|m| m.get_quorum.p90),
+            true,
+        ),
+        (
+            "get best-of-quorum / most recent p99",
+            o.get_quorum.p99,
+            m.as_ref().map(|m| m.get_quorum.p99),
+            true,
+        ),
+        (
+            "puts/s from one node (32 in flight)",
+            o.puts_per_s,
+            m.as_ref().map(|m| m.puts_per_s),
+            false,
+        ),
+        (
+            "failed operations",
+            o.failures as f64,
+            m.as_ref().map(|m| m.failures as f64),
+            true,
+        ),
+    ];
+    let mut rows = rows;
+    if o.processes > 0 {
+        // Over several processes: throughput, traffic and hops are measured by the
+        // in-process runs only.
+        rows.retain(|r| !r.0.starts_with("puts/s"));
+        rows.push((
+            leak(format!(
+                "ours over processes of {} nodes (operations from the first)",
+                args.per_process
+            )),
+            o.processes as f64,
+            None,
+            true,
+        ));
+    }
+    let wire_rows = if o.processes > 0 { 0 } else { 3 };
+    for (i, op) in ["put", "get first valid", "get best-of-quorum / most recent"]
+        .iter()
+        .enumerate()
+        .take(wire_rows)
+    {
+        rows.push((
+            leak(format!("{op}: requests sent per op (kad + item)")),
+            o.wire[i].requests,
+            None,
+            true,
+        ));
+        rows.push((
+            leak(format!(
+                "{op}: bytes on the wire per op (loopback, all layers)"
+            )),
+            o.wire[i].bytes,
+            m.as_ref().map(|m| m.wire[i].bytes),
+            true,
+        ));
+        rows.push((
+            leak(format!("{op}: packets per op (loopback)")),
+            o.wire[i].packets,
+            m.as_ref().map(|m| m.wire[i].packets),
+            true,
+        ));
+    }
+    if let Some(h) = o.hops {
+        rows.push((
+            "hops to a replica, mean (replayed, alpha 3)",
+            h.to_replica_mean,
+            None,
+            true,
+        ));
+        rows.push((
+            "hops to a replica, max",
+            h.to_replica_max as f64,
+            None,
+            true,
+        ));
+        rows.push((
+            "hops until a lookup knows its final k closest, mean",
+            h.full_mean,
+            None,
+            true,
+        ));
+        rows.push((
+            "lookups ending at the true k closest (%)",
+            h.exact_share * 100.0,
+            None,
+            false,
+        ));
+    }
+    for (name, ours_v, theirs, lower_is_better) in rows {
+        let theirs_s = theirs.map_or("-".into(), |t| format!("{t:.2}"));
+        let r = match theirs {
+            Some(t) if lower_is_better => ratio(ours_v, t),
+            Some(t) => ratio(t, ours_v),
+            None => "-".into(),
+        };
+        writeln!(md, "| {size} | {name} | {ours_v:.2} | {theirs_s} | {r} |")?;
+    }
+    Ok(())
 }
 
 const START: &str = "<!-- dht-bench:start -->";
@@ -614,159 +869,29 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     writeln!(md, "| nodes | figure | ours | mainline | ratio |")?;
     writeln!(md, "|---|---|---|---|---|")?;
     for &size in &args.sizes {
-        eprintln!("== {size} nodes: ours");
-        let o = ours(size, args.ops, args.value_len, args.quick).await?;
-        eprintln!("{o:?}");
-        let m = if args.no_mainline {
-            None
-        } else {
-            eprintln!("== {size} nodes: mainline");
-            let (ops, len) = (args.ops, args.value_len);
-            let m = tokio::task::spawn_blocking(move || mainline_figures(size, ops, len)).await??;
-            eprintln!("{m:?}");
-            Some(m)
-        };
-        let rows: Vec<(&'static str, f64, Option<f64>, bool)> = vec![
-            (
-                "network formed (s)",
-                o.formation_s,
-                m.as_ref().map(|m| m.formation_s),
-                true,
-            ),
-            (
-                "resident memory per node (MB)",
-                o.rss_mb_per_node,
-                m.as_ref().map(|m| m.rss_mb_per_node),
-                true,
-            ),
-            (
-                "put confirmed p50",
-                o.put.p50,
-                m.as_ref().map(|m| m.put.p50),
-                true,
-            ),
-            (
-                "put confirmed p90",
-                o.put.p90,
-                m.as_ref().map(|m| m.put.p90),
-                true,
-            ),
-            (
-                "put confirmed p99",
-                o.put.p99,
-                m.as_ref().map(|m| m.put.p99),
-                true,
-            ),
-            (
-                "get first valid p50",
-                o.get_first.p50,
-                m.as_ref().map(|m| m.get_first.p50),
-                true,
-            ),
-            (
-                "get first valid p90",
-                o.get_first.p90,
-                m.as_ref().map(|m| m.get_first.p90),
-                true,
-            ),
-            (
-                "get first valid p99",
-                o.get_first.p99,
-                m.as_ref().map(|m| m.get_first.p99),
-                true,
-            ),
-            (
-                "get best-of-quorum / most recent p50",
-                o.get_quorum.p50,
-                m.as_ref().map(|m| m.get_quorum.p50),
-                true,
-            ),
-            (
-                "get best-of-quorum / most recent p90",
-                o.get_quorum.p90,
-                m.as_ref().map(|m| m.get_quorum.p90),
-                true,
-            ),
-            (
-                "get best-of-quorum / most recent p99",
-                o.get_quorum.p99,
-                m.as_ref().map(|m| m.get_quorum.p99),
-                true,
-            ),
-            (
-                "puts/s from one node (32 in flight)",
-                o.puts_per_s,
-                m.as_ref().map(|m| m.puts_per_s),
-                false,
-            ),
-            (
-                "failed operations",
-                o.failures as f64,
-                m.as_ref().map(|m| m.failures as f64),
-                true,
-            ),
-        ];
-        let mut rows = rows;
-        for (i, op) in ["put", "get first valid", "get best-of-quorum / most recent"]
-            .iter()
-            .enumerate()
-        {
-            rows.push((
-                leak(format!("{op}: requests sent per op (kad + item)")),
-                o.wire[i].requests,
-                None,
-                true,
-            ));
-            rows.push((
-                leak(format!(
-                    "{op}: bytes on the wire per op (loopback, all layers)"
-                )),
-                o.wire[i].bytes,
-                m.as_ref().map(|m| m.wire[i].bytes),
-                true,
-            ));
-            rows.push((
-                leak(format!("{op}: packets per op (loopback)")),
-                o.wire[i].packets,
-                m.as_ref().map(|m| m.wire[i].packets),
-                true,
-            ));
+        side_by_side(&mut md, size, &args, &bin).await?;
+    }
+    let loaded: Vec<usize> = args
+        .loaded_sizes
+        .iter()
+        .copied()
+        .filter(|n| *n > 0)
+        .collect();
+    if !args.quick && !loaded.is_empty() {
+        writeln!(
+            md,
+            "\n### The same on a loaded machine\n\n\
+             A thread spinning on every core ({cores}) during both runs, as on a shared \
+             server; load average at the start: {}.\n",
+            load_average()
+        )?;
+        writeln!(md, "| nodes | figure | ours | mainline | ratio |")?;
+        writeln!(md, "|---|---|---|---|---|")?;
+        let hog = faults::Hog::start(cores);
+        for &size in &loaded {
+            side_by_side(&mut md, size, &args, &bin).await?;
         }
-        if let Some(h) = o.hops {
-            rows.push((
-                "hops to a replica, mean (replayed, alpha 3)",
-                h.to_replica_mean,
-                None,
-                true,
-            ));
-            rows.push((
-                "hops to a replica, max",
-                h.to_replica_max as f64,
-                None,
-                true,
-            ));
-            rows.push((
-                "hops until a lookup knows its final k closest, mean",
-                h.full_mean,
-                None,
-                true,
-            ));
-            rows.push((
-                "lookups ending at the true k closest (%)",
-                h.exact_share * 100.0,
-                None,
-                false,
-            ));
-        }
-        for (name, ours_v, theirs, lower_is_better) in rows {
-            let theirs_s = theirs.map_or("-".into(), |t| format!("{t:.2}"));
-            let r = match theirs {
-                Some(t) if lower_is_better => ratio(ours_v, t),
-                Some(t) => ratio(t, ours_v),
-                None => "-".into(),
-            };
-            writeln!(md, "| {size} | {name} | {ours_v:.2} | {theirs_s} | {r} |")?;
-        }
+        drop(hog);
     }
     writeln!(
         md,
@@ -824,6 +949,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
             args.scale_per_process,
             args.ops.min(60),
             args.value_len,
+            Duration::from_secs(5),
         )
         .await?;
         eprintln!("{s:?}");

@@ -749,6 +749,45 @@ fn load_average() -> String {
 }
 
 /// Runs the testnets under the link. `emu` must have been entered before the runtime.
+/// One item request over a warm connection between two nodes, timed `rounds` times: a
+/// raw get of a held item, and a put of a new item (this node and the other replica).
+/// What a request costs on the link, apart from routing.
+async fn item_probe(rounds: usize) -> anyhow::Result<(Pcts, Pcts)> {
+    use dht_core::{MutableItem, SigningKey};
+    use dht_node::test_util::{request_proto, GetRequestProto, RequestProto};
+    let net = dht_node::Testnet::builder(2).build().await?;
+    net.wait_for_routing(1, Duration::from_secs(20)).await;
+    let (a, b) = (&net.nodes[0], &net.nodes[1]);
+    let key = SigningKey::generate_ed25519();
+    let item = MutableItem::sign(&key, key.public_key(), "tp", 1, vec![0x42; 900]);
+    let target = item.target();
+    a.put(item).await?;
+    let mut gets = Vec::with_capacity(rounds);
+    let mut puts = Vec::with_capacity(rounds);
+    for i in 0..=rounds {
+        let request = RequestProto {
+            kind: Some(request_proto::Kind::Get(GetRequestProto {
+                target: bytes::Bytes::copy_from_slice(target.as_bytes()),
+            })),
+        };
+        let t = Instant::now();
+        a.request(b.peer_id(), request).await?;
+        // The first warms the connection up.
+        if i > 0 {
+            gets.push(t.elapsed());
+        }
+        let k = SigningKey::generate_ed25519();
+        let item = MutableItem::sign(&k, k.public_key(), "tp", 1, vec![0x42; 900]);
+        let t = Instant::now();
+        a.put(item).await?;
+        if i > 0 {
+            puts.push(t.elapsed());
+        }
+    }
+    net.shutdown().await;
+    Ok((crate::pcts(gets), crate::pcts(puts)))
+}
+
 pub async fn run(
     emu: &Emulation,
     sizes: &[usize],
@@ -761,6 +800,11 @@ pub async fn run(
     eprintln!("== wan: self-check of the link");
     let check = tokio::task::spawn_blocking(|| self_check(100)).await??;
     eprintln!("{check:?}");
+    let probe = item_probe(20).await?;
+    eprintln!(
+        "item protocol over a warm connection: get {:?}, put {:?}",
+        probe.0, probe.1
+    );
     let mut rows = Vec::new();
     for &size in sizes {
         eprintln!("== wan {size} nodes: ours");

@@ -105,8 +105,17 @@ pub struct NodeConfig {
     /// Idle connections are kept this long.
     pub idle_connection_timeout: Duration,
     /// Most peers kept connected; past it the least recently used are disconnected (down
-    /// to three quarters). Routing-table peers are dialled again on demand.
+    /// to three quarters). Routing-table peers are dialled again on demand. While the
+    /// whole membership of full nodes fits in three quarters of it, a full node keeps a
+    /// connection to every one (see [`NodeConfig::bucket_size`]): each request is then
+    /// one round trip over a warm connection.
     pub max_connected_peers: usize,
+    /// Capacity of each k-bucket of the routing table (Kademlia's k is `replication`;
+    /// FIND_NODE answers still carry at most 20 peers). Larger than k so that a network
+    /// of up to a few hundred full nodes (Skywire's DMSG servers) is held whole: while
+    /// no bucket is full, every node computes the responsible set of any target from
+    /// its own table (one hop, no lookup).
+    pub bucket_size: usize,
     /// Full nodes: most client-mode peers (visors) kept connected, a budget apart from
     /// `max_connected_peers`, so that a fleet of visors neither crowds full nodes out
     /// nor is trimmed with them (a visor whose connection is trimmed dials again at its
@@ -170,6 +179,7 @@ impl Default for NodeConfig {
             save_interval: Duration::from_secs(30),
             idle_connection_timeout: Duration::from_secs(600),
             max_connected_peers: 256,
+            bucket_size: 256,
             max_client_peers: 4096,
             client_connections: 3,
             rate_limit: RateLimit::default(),

@@ -9,7 +9,7 @@ use dht_core::codec::Decoded;
 use dht_core::store::RecordStore;
 use dht_core::wire::{DecodeLimits, Envelope};
 use dht_core::{Admission, ReasonCode, Rejection, Target, Validator, VerifiedItem};
-use libp2p::PeerId;
+use libp2p::{Multiaddr, PeerId};
 use tracing::{debug, instrument};
 
 use crate::admission::StrangerAdmission;
@@ -19,6 +19,7 @@ use crate::protocol::{
     encoded_size, Decoded as Read, ItemRequest, PutItem, PutResult, Refusal, Request, Response,
     SyncPage, SyncRequest,
 };
+use crate::routing::is_dialable;
 use crate::state::NodeState;
 
 /// Most items in one sync page.
@@ -78,11 +79,29 @@ impl Inbound {
                 Ok(Request::Put(items)) => this.put(peer, ip, items),
                 Ok(Request::Get(target)) => this.get(&target),
                 Ok(Request::Sync(s)) => this.sync(peer, s),
+                Ok(Request::Members) => this.members(),
                 Err(refusal) => Response::Refused(refusal),
             }
         })
         .await;
         result.unwrap_or_else(|e| Response::refused(Refusal::INTERNAL, e.to_string()))
+    }
+
+    /// The full nodes of the routing table with their dialable addresses: how a
+    /// joining node (or a visor) learns the whole membership of a small network from
+    /// one answer (see `Node::learn_members`).
+    fn members(&self) -> Response {
+        Response::Members(
+            self.state
+                .view
+                .snapshot()
+                .into_iter()
+                .filter_map(|(peer, addrs)| {
+                    let addrs: Vec<Multiaddr> = addrs.into_iter().filter(is_dialable).collect();
+                    (!addrs.is_empty()).then_some((peer, addrs))
+                })
+                .collect(),
+        )
     }
 
     fn put(&self, peer: PeerId, ip: Option<IpAddr>, items: Vec<Read<PutItem>>) -> Response {

@@ -35,6 +35,7 @@ mod inbound; // a replica validating and storing
 mod kad_records; // items as kad records
 mod liveness; // suspected and dead peers
 mod maintenance; // catch-up, hand-off, re-replication, republish, expiry
+mod membership; // learning every full node of a small network from peers
 mod metrics;
 mod network; // the swarm task, rate limits
 mod node; // the API, start-up, shutdown

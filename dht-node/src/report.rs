@@ -273,6 +273,9 @@ pub struct NodeStats {
     pub routing_table_peers: usize,
     /// Connected peers.
     pub connected_peers: usize,
+    /// Whether the routing table holds the whole membership of full nodes (bootstrapped,
+    /// no k-bucket full): puts and gets then route in one hop, with no lookup.
+    pub membership_known: bool,
     /// Items in the local store.
     pub items_stored: u64,
     /// Bytes in the local store.

@@ -50,6 +50,9 @@ pub(crate) struct NodeState {
     /// Whether no k-bucket of the routing table is full: every full node this node has
     /// heard of is in it (see [`NodeState::membership_known`]).
     buckets_have_room: AtomicBool,
+    /// Whether a members answer was merged into the routing table (or this node is the
+    /// first of its network): see [`crate::membership`].
+    members_learned: AtomicBool,
     /// Microseconds every inbound item request is held before it is handled: a stalled
     /// (slow, not dead) replica, set by tests through `Node::set_answer_delay`.
     answer_delay_us: AtomicU64,
@@ -77,6 +80,7 @@ impl NodeState {
             caught_up: AtomicBool::new(caught_up),
             bootstrapped: AtomicBool::new(false),
             buckets_have_room: AtomicBool::new(false),
+            members_learned: AtomicBool::new(false),
             answer_delay_us: AtomicU64::new(0),
         }
     }
@@ -98,12 +102,20 @@ impl NodeState {
     }
 
     /// Whether the routing table holds the whole membership of full nodes: a bootstrap
-    /// round finished and no k-bucket is full (none had to leave a full node out). Then
+    /// round finished, a members answer was merged (see [`crate::membership`]), and no
+    /// k-bucket is full (none had to leave a full node out). Then
     /// the responsible set of any target is computed from the table alone (one hop), and
     /// a put needs no lookup to confirm it: a small network of full nodes (tens of DMSG
     /// servers) is always in this state.
     pub fn membership_known(&self) -> bool {
-        self.table_is_membership() && self.buckets_have_room.load(Ordering::Acquire)
+        self.table_is_membership()
+            && self.members_learned.load(Ordering::Acquire)
+            && self.buckets_have_room.load(Ordering::Acquire)
+    }
+
+    /// Records that a members answer was merged (or that there is nobody to ask).
+    pub fn set_members_learned(&self) {
+        self.members_learned.store(true, Ordering::Release);
     }
 
     /// Records whether every k-bucket has room.

@@ -9,9 +9,9 @@ use dht_core::wire::{EnvelopeProto, ItemProto, ENVELOPE_VERSION};
 use dht_core::{MutableItem, SigningKey};
 use dht_node::test_util::{
     request_proto, response_proto, ErrorProto, GetRequestProto, GetResponseProto, ItemCodec,
-    ItemRequest, PutItemProto, PutRequestProto, PutResponseProto, PutResultProto, RequestProto,
-    ResponseProto, SyncRequestProto, SyncResponseProto, ValueCodecProto, ITEM_PROTOCOL,
-    ITEM_PROTOCOL_CODED,
+    ItemRequest, MemberProto, MembersRequestProto, MembersResponseProto, PutItemProto,
+    PutRequestProto, PutResponseProto, PutResultProto, RequestProto, ResponseProto,
+    SyncRequestProto, SyncResponseProto, ValueCodecProto, ITEM_PROTOCOL, ITEM_PROTOCOL_CODED,
 };
 use futures::io::Cursor;
 use libp2p::request_response::Codec;
@@ -264,6 +264,13 @@ async fn request_frames_decode_with_the_published_proto() {
         get(&m, "sync.salt"),
         Value::Bytes(Bytes::from_static(b"svc"))
     );
+
+    let r = request_frame(RequestProto {
+        kind: Some(request_proto::Kind::Members(MembersRequestProto {})),
+    })
+    .await;
+    let m = decode(&pool, "RequestProto", &r);
+    assert!(m.has_field_by_name("members"));
 }
 
 #[tokio::test]
@@ -346,5 +353,24 @@ async fn response_frames_decode_with_the_published_proto() {
     assert_eq!(
         get(&m, "error.detail"),
         Value::String("message of 5 bytes".into())
+    );
+
+    let peer = Bytes::from(libp2p::PeerId::random().to_bytes());
+    let addr: libp2p::Multiaddr = "/ip4/10.1.2.3/tcp/4000".parse().unwrap();
+    let addr = Bytes::from(addr.to_vec());
+    let r = response_frame(ResponseProto {
+        kind: Some(response_proto::Kind::Members(MembersResponseProto {
+            members: vec![MemberProto {
+                peer_id: peer.clone(),
+                addrs: vec![addr.clone()],
+            }],
+        })),
+    })
+    .await;
+    let m = decode(&pool, "ResponseProto", &r);
+    assert_eq!(get(&m, "members.members.peer_id"), Value::Bytes(peer));
+    assert_eq!(
+        get(&m, "members.members.addrs"),
+        Value::List(vec![Value::Bytes(addr)])
     );
 }

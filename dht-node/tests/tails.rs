@@ -154,3 +154,112 @@ async fn reads_hedge_around_stalled_replicas() {
     assert!(took < BOUND, "first-valid took {took:?}: {got:?}");
     net.shutdown().await;
 }
+
+/// Connected peers of `node`.
+async fn connected(node: &Node) -> usize {
+    node.stats().await.map_or(0, |s| s.connected_peers)
+}
+
+/// A full node of a small network keeps a connection to every other one (a read or a
+/// put is then one round trip, never a dial), and stops dialling one that went down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_nodes_of_a_small_network_keep_every_connection_warm() {
+    let config = NodeConfig {
+        dead_after: Duration::from_secs(2),
+        ..NodeConfig::local()
+    };
+    let net = Testnet::builder(10).config(config).build().await.unwrap();
+    assert!(net.wait_for_routing(9, Duration::from_secs(20)).await);
+    let started = Instant::now();
+    loop {
+        let mut counts = Vec::new();
+        for n in &net.nodes {
+            counts.push(connected(n).await);
+        }
+        if counts.iter().all(|c| *c == 9) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "connected peers per node: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Reads from every node open no connection: the replicas are all connected.
+    let key = SigningKey::generate_ed25519();
+    let item = MutableItem::sign(&key, key.public_key(), "tp", 1, &b"[]"[..]);
+    assert!(net.nodes[0].put(item).await.unwrap().majority_stored());
+    for n in &net.nodes {
+        let got = n
+            .get(key.public_key(), b"tp", GetMode::First)
+            .await
+            .unwrap();
+        assert!(got.value().is_some());
+        assert_eq!(connected(n).await, 9);
+    }
+    // A node goes down: the others are declared to have lost it and do not keep
+    // dialling it; the nine left stay connected to each other.
+    let gone = net.nodes[9].peer_id();
+    net.stop(9).await;
+    wait_for(
+        "the stopped node declared down by every other",
+        Duration::from_secs(20),
+        || {
+            net.nodes[..9]
+                .iter()
+                .all(|n| n.peers_down().contains(&gone))
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for n in &net.nodes[..9] {
+        assert_eq!(connected(n).await, 8);
+    }
+    net.shutdown().await;
+}
+
+/// A full node answers a members request with every full node it knows, with dialable
+/// addresses: how a node of a small network learns the whole membership in one request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_members_request_lists_every_full_node_the_responder_knows() {
+    use dht_node::test_util::{request_proto, response_proto, MembersRequestProto, RequestProto};
+    let net = Testnet::builder(8).build().await.unwrap();
+    assert!(net.wait_for_routing(7, Duration::from_secs(20)).await);
+    let asked = &net.nodes[1];
+    let request = RequestProto {
+        kind: Some(request_proto::Kind::Members(MembersRequestProto {})),
+    };
+    let answer = net.nodes[0]
+        .request(asked.peer_id(), request)
+        .await
+        .unwrap();
+    let Some(response_proto::Kind::Members(m)) = answer.kind else {
+        panic!("not a members answer: {answer:?}");
+    };
+    let listed: std::collections::HashSet<Vec<u8>> =
+        m.members.iter().map(|m| m.peer_id.to_vec()).collect();
+    let others: std::collections::HashSet<Vec<u8>> = net
+        .nodes
+        .iter()
+        .filter(|n| n.peer_id() != asked.peer_id())
+        .map(|n| n.peer_id().to_bytes())
+        .collect();
+    assert_eq!(listed, others);
+    assert!(m.members.iter().all(|m| !m.addrs.is_empty()));
+    // Every node comes to hold the whole membership: one-hop routing, no lookups.
+    let started = Instant::now();
+    for n in &net.nodes {
+        loop {
+            let stats = n.stats().await.unwrap();
+            if stats.membership_known && stats.routing_table_peers == 7 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "membership not known: {stats:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    net.shutdown().await;
+}

@@ -37,24 +37,22 @@ enum Hedge {
 
 impl Node {
     /// The peers a first-valid get asks before its hedge: the alpha closest live peers
-    /// of the responsible set; a visor (client mode) asks the ones among them it is
-    /// connected to, when there are any, so that a read costs one round trip over a
-    /// warm connection and opens none (it keeps `client_connections` full nodes).
+    /// of the responsible set, those this node is connected to first, so that a read
+    /// costs one round trip over a warm connection (a visor opens none while a replica
+    /// is connected: it keeps `client_connections` full nodes; a full node of a small
+    /// network keeps them all, see `NodeConfig::bucket_size`). Any replica holds the
+    /// item, so a connected one a little farther off answers as well as the closest.
     fn first_asked(&self, responsible: &[PeerId]) -> Vec<PeerId> {
         let alpha = self.inner.config.parallelism;
-        if self.inner.config.mode == NodeMode::Client {
-            let connected = self.inner.state.connected.read();
-            let warm: Vec<PeerId> = responsible
-                .iter()
-                .filter(|p| connected.contains(p))
-                .take(alpha)
-                .copied()
-                .collect();
-            if !warm.is_empty() {
-                return warm;
-            }
+        let connected = self.inner.state.connected.read();
+        let (warm, cold): (Vec<PeerId>, Vec<PeerId>) =
+            responsible.iter().partition(|p| connected.contains(p));
+        if self.inner.config.mode == NodeMode::Client && !warm.is_empty() {
+            // A visor opens no connection while one to a replica is warm: the rest of
+            // the responsible set is its hedge.
+            return warm.into_iter().take(alpha).collect();
         }
-        responsible.iter().take(alpha).copied().collect()
+        warm.into_iter().chain(cold).take(alpha).collect()
     }
 
     pub(super) async fn get_first(&self, target: Target) -> Result<GetReport, NodeError> {

@@ -63,7 +63,10 @@ impl Node {
         }
         let lookup = self.inner.client.lookup(target);
         tokio::pin!(lookup);
-        let mut lookup_done = false;
+        // When the table holds the whole membership, the responsible set is known and
+        // the lookup would only cost requests: it is never started (the future is not
+        // polled).
+        let mut lookup_done = self.inner.state.membership_known();
         let lookup_give_up = Instant::now() + self.inner.state.rtt.typical() * LOOKUP_DEADLINES;
         let mut enough_at: Option<Instant> = None;
         loop {

@@ -39,6 +39,11 @@ impl Bans {
         self.until.remove(peer);
     }
 
+    /// Whether `peer` is banned.
+    pub(super) fn is_banned(&self, peer: &PeerId) -> bool {
+        self.until.contains_key(peer)
+    }
+
     /// When the next ban ends.
     pub(super) fn next_end(&self) -> Option<Instant> {
         self.until.values().min().copied()

@@ -79,7 +79,17 @@ pub(crate) struct Driver {
     pub(super) servers: HashSet<PeerId>,
     /// Peers banned for breaking the item protocol on purpose.
     pub(super) bans: Bans,
+    /// Capacity of a k-bucket: a bucket this full may have left a full node out.
+    bucket_size: usize,
+    /// Most full nodes a full node keeps warm connections to (three quarters of
+    /// `max_connected_peers`, so that warming never makes the budget trim).
+    warm_limit: usize,
+    /// Whether the last warming step left full nodes to dial (the tick stays short).
+    warming: bool,
 }
+
+/// Dials a warming step starts at most (the rest wait for the next tick).
+const WARM_DIALS_PER_TICK: usize = 32;
 
 impl Driver {
     /// Creates the driver.
@@ -128,6 +138,9 @@ impl Driver {
             held: HashMap::new(),
             servers: HashSet::new(),
             bans: Bans::default(),
+            bucket_size: config.bucket_size.max(1),
+            warm_limit: config.max_connected_peers * 3 / 4,
+            warming: false,
         }
     }
 
@@ -156,6 +169,7 @@ impl Driver {
                     self.finish_abandoned_lookups();
                     self.check_liveness();
                     self.lift_expired_bans();
+                    self.warm_connections();
                     tick.as_mut().reset(self.next_tick(Instant::now() + IDLE_TICK).into());
                 }
             }
@@ -174,7 +188,8 @@ impl Driver {
         let busy = self.view_dirty
             || !self.lookups.is_empty()
             || self.budget.is_over()
-            || self.clients.is_over();
+            || self.clients.is_over()
+            || self.warming;
         let mut next = if busy {
             latest.min(Instant::now() + TICK)
         } else {
@@ -254,6 +269,39 @@ impl Driver {
         }
     }
 
+    /// Keeps a connection to every full node while the membership is known and small
+    /// (it fits in three quarters of `max_connected_peers`): every put and get is then
+    /// one round trip over a warm connection, never a dial (TCP, noise and yamux cost
+    /// two to three round trips before the request). Dials what is missing, at most
+    /// [`WARM_DIALS_PER_TICK`] a tick; peers that are down are left to the liveness
+    /// probes. Idle connections cost one ping a minute.
+    fn warm_connections(&mut self) {
+        self.warming = false;
+        if self.mode != NodeMode::Full
+            || !self.state.membership_known()
+            || self.state.view.len() > self.warm_limit
+        {
+            return;
+        }
+        let cold: Vec<(PeerId, Vec<Multiaddr>)> = self
+            .state
+            .view
+            .snapshot()
+            .into_iter()
+            .filter(|(p, _)| {
+                !self.swarm.is_connected(p)
+                    && !self.state.liveness.is_down(p)
+                    && !self.bans.is_banned(p)
+            })
+            .take(WARM_DIALS_PER_TICK + 1)
+            .collect();
+        self.warming = cold.len() > WARM_DIALS_PER_TICK;
+        for (peer, addrs) in cold.into_iter().take(WARM_DIALS_PER_TICK) {
+            debug!(%peer, "warming a connection to a full node");
+            self.redial(peer, addrs);
+        }
+    }
+
     /// Disconnects the least recently used peers while over a connection budget (full
     /// nodes and clients apart).
     pub(super) fn trim_connections(&mut self) {
@@ -299,7 +347,7 @@ impl Driver {
         let mut peers = HashMap::new();
         let mut room = true;
         for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
-            room &= bucket.num_entries() < kad::K_VALUE.get();
+            room &= bucket.num_entries() < self.bucket_size;
             for e in bucket.iter() {
                 peers.insert(
                     *e.node.key.preimage(),

@@ -60,6 +60,7 @@ pub(crate) fn build_swarm(
     kad_config
         .set_replication_factor(NonZeroUsize::new(config.replication).unwrap_or(NonZeroUsize::MIN))
         .set_parallelism(NonZeroUsize::new(config.parallelism).unwrap_or(NonZeroUsize::MIN))
+        .set_kbucket_size(NonZeroUsize::new(config.bucket_size).unwrap_or(kad::K_VALUE))
         .set_query_timeout(config.lookup_timeout)
         // Items travel in this project's own protocol; kad serves them read-only as
         // records (see `kad_records`) and stores none itself: disable the record jobs.
@@ -94,13 +95,18 @@ pub(crate) fn build_swarm(
             NodeMode::Full => ProtocolSupport::Full,
             NodeMode::Client => ProtocolSupport::Outbound,
         };
+        let mut protocols = vec![(ITEM_PROTOCOL_CODED, support)];
+        if mode == NodeMode::Full {
+            protocols.push((ITEM_PROTOCOL, ProtocolSupport::Inbound));
+        }
         let items = request_response::Behaviour::with_codec(
             ItemCodec::new(max_message_len, &traffic).counting_forms(&forms, &saved),
-            // The coded protocol first: multistream-select settles on the first both speak.
-            [
-                (ITEM_PROTOCOL_CODED, support.clone()),
-                (ITEM_PROTOCOL, support),
-            ],
+            // Requests go out on the coded protocol alone: with one protocol proposed,
+            // multistream-select sends the proposal and the request in one flight (lazy),
+            // so a request costs one round trip. Offering two would cost a second: the
+            // dialer must hear the first proposal accepted or refused before it may try
+            // the next. 1.0.0 is still answered, for peers that speak only it.
+            protocols,
             request_response::Config::default()
                 .with_request_timeout(request_timeout)
                 .with_max_concurrent_streams(MAX_STREAMS_PER_CONNECTION),

@@ -167,6 +167,7 @@ impl Node {
             mode: self.inner.config.mode,
             routing_table_peers: self.inner.state.view.len(),
             connected_peers,
+            membership_known: self.inner.state.membership_known(),
             items_stored: store_stats.items,
             store_bytes: store_stats.bytes,
             listen_addrs: self

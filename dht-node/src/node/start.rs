@@ -19,6 +19,7 @@ use crate::data_dir::{check_store_file, load_or_create_keypair, store_epoch, STO
 use crate::inbound::Inbound;
 use crate::liveness::Liveness;
 use crate::maintenance::{self, Maintenance};
+use crate::membership;
 use crate::metrics::Metrics;
 use crate::network::{build_swarm, listen, Client, Command, Driver};
 use crate::protocol::decode_limits;
@@ -198,6 +199,7 @@ impl Node {
         let early: &[u64] = if known == 0 {
             // The first node of a network: its (empty) table is the whole membership.
             self.inner.state.set_bootstrapped();
+            self.inner.state.set_members_learned();
             &[]
         } else {
             info!(known, "joining the network");
@@ -220,12 +222,14 @@ impl Node {
         let client = client.clone();
         let early = early.to_vec();
         let state = self.inner.state.clone();
+        let (me, full) = (self.inner.peer_id, self.inner.config.mode == NodeMode::Full);
         let rounds = tokio::spawn(async move {
             for secs in early {
                 tokio::time::sleep(Duration::from_secs(secs)).await;
                 if client.command(Command::SelfLookup).await.is_err() {
                     return;
                 }
+                membership::learn(&client, &state, me).await;
             }
             let mut wait = PERIODIC_BOOTSTRAP_SECS;
             let mut last = state.view.snapshot().into_keys().collect::<HashSet<_>>();
@@ -240,6 +244,9 @@ impl Node {
                 last = table;
                 if client.command(Command::Bootstrap).await.is_err() {
                     return;
+                }
+                if full {
+                    membership::learn(&client, &state, me).await;
                 }
             }
         });

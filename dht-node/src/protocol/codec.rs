@@ -41,6 +41,7 @@ impl ItemRequest {
                 Some(request_proto::Kind::Put(_)) => "put",
                 Some(request_proto::Kind::Get(_)) => "get",
                 Some(request_proto::Kind::Sync(_)) => "sync",
+                Some(request_proto::Kind::Members(_)) => "members",
                 None => "unknown",
             },
             ItemRequest::Oversized { .. } => "oversized",

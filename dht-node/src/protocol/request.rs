@@ -60,6 +60,8 @@ pub(crate) enum Request {
     Get(Target),
     /// A page of changes.
     Sync(SyncRequest),
+    /// The full nodes the responder knows.
+    Members,
 }
 
 impl Request {
@@ -96,6 +98,7 @@ impl Request {
                 limit: s.limit,
                 salt: s.salt,
             })),
+            Some(request_proto::Kind::Members(_)) => Ok(Request::Members),
             None => Err(Refusal::new(Refusal::MALFORMED, "empty request")),
         }
     }
@@ -123,6 +126,7 @@ impl From<Request> for wire::RequestProto {
                 limit: s.limit,
                 salt: s.salt,
             }),
+            Request::Members => request_proto::Kind::Members(wire::MembersRequestProto {}),
         };
         wire::RequestProto { kind: Some(kind) }
     }

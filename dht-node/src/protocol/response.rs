@@ -1,7 +1,9 @@
 //! The typed responses of the item protocol and their wire form.
 
+use bytes::Bytes;
 use dht_core::wire::{DecodeLimits, Envelope};
 use dht_core::{Admission, MutableItem, ReasonCode};
+use libp2p::{Multiaddr, PeerId};
 
 use super::wire::{self, response_proto};
 use super::{decode_envelope, encode_envelope, Decoded, ResponseFrame};
@@ -149,6 +151,32 @@ pub(crate) enum Response {
     Sync(SyncPage),
     /// The request was refused as a whole.
     Refused(Refusal),
+    /// The full nodes the responder knows, with their addresses (entries that do not
+    /// decode are dropped; at most [`MAX_MEMBERS`], [`MAX_MEMBER_ADDRS`] addresses each).
+    Members(Vec<(PeerId, Vec<Multiaddr>)>),
+}
+
+/// Most members a members answer carries (more are ignored).
+pub(crate) const MAX_MEMBERS: usize = 1024;
+/// Most addresses of one member (more are ignored).
+pub(crate) const MAX_MEMBER_ADDRS: usize = 8;
+
+/// The members of an answer that decode, within the bounds.
+fn decode_members(members: Vec<wire::MemberProto>) -> Vec<(PeerId, Vec<Multiaddr>)> {
+    members
+        .into_iter()
+        .take(MAX_MEMBERS)
+        .filter_map(|m| {
+            let peer = PeerId::from_bytes(&m.peer_id).ok()?;
+            let addrs: Vec<Multiaddr> = m
+                .addrs
+                .into_iter()
+                .take(MAX_MEMBER_ADDRS)
+                .filter_map(|a| Multiaddr::try_from(a.to_vec()).ok())
+                .collect();
+            (!addrs.is_empty()).then_some((peer, addrs))
+        })
+        .collect()
 }
 
 /// A response frame with no kind.
@@ -181,6 +209,7 @@ impl Response {
                 code: e.code,
                 detail: e.detail,
             }),
+            response_proto::Kind::Members(m) => Response::Members(decode_members(m.members)),
         })
     }
 
@@ -217,6 +246,22 @@ impl From<Response> for ResponseFrame {
                 code: r.code,
                 detail: r.detail,
             }),
+            Response::Members(members) => {
+                response_proto::Kind::Members(wire::MembersResponseProto {
+                    members: members
+                        .into_iter()
+                        .take(MAX_MEMBERS)
+                        .map(|(peer, addrs)| wire::MemberProto {
+                            peer_id: Bytes::from(peer.to_bytes()),
+                            addrs: addrs
+                                .into_iter()
+                                .take(MAX_MEMBER_ADDRS)
+                                .map(|a| Bytes::from(a.to_vec()))
+                                .collect(),
+                        })
+                        .collect(),
+                })
+            }
         };
         wire::ResponseProto { kind: Some(kind) }
     }

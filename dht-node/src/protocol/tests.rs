@@ -313,3 +313,53 @@ fn malformed_coded_values_are_rejected_per_item() {
         .collect();
     assert_eq!(codes, [ReasonCode::Malformed; 3]);
 }
+
+#[test]
+fn members_round_trip_within_their_bounds_and_garbage_entries_are_dropped() {
+    use super::response::{MAX_MEMBERS, MAX_MEMBER_ADDRS};
+    use libp2p::{Multiaddr, PeerId};
+    assert_eq!(request_round_trip(Request::Members), Request::Members);
+    let addr: Multiaddr = "/ip4/10.0.0.1/tcp/4000".parse().unwrap();
+    let members: Vec<(PeerId, Vec<Multiaddr>)> = (0..3)
+        .map(|_| (PeerId::random(), vec![addr.clone()]))
+        .collect();
+    assert_eq!(
+        response_round_trip(Response::Members(members.clone())),
+        Response::Members(members)
+    );
+    // A hostile answer: too many members, too many addresses, ids and addresses that do
+    // not decode, a member without addresses.
+    let good = wire::MemberProto {
+        peer_id: Bytes::from(PeerId::random().to_bytes()),
+        addrs: vec![Bytes::from(addr.to_vec()); MAX_MEMBER_ADDRS + 5],
+    };
+    let mut list = vec![
+        wire::MemberProto {
+            peer_id: Bytes::from_static(b"not a peer id"),
+            addrs: vec![Bytes::from(addr.to_vec())],
+        },
+        wire::MemberProto {
+            peer_id: Bytes::from(PeerId::random().to_bytes()),
+            addrs: vec![Bytes::from_static(b"\xff\xff garbage")],
+        },
+        wire::MemberProto {
+            peer_id: Bytes::from(PeerId::random().to_bytes()),
+            addrs: Vec::new(),
+        },
+    ];
+    list.extend(std::iter::repeat_n(good, MAX_MEMBERS + 10));
+    let frame = wire::ResponseProto {
+        kind: Some(wire::response_proto::Kind::Members(
+            wire::MembersResponseProto { members: list },
+        )),
+    };
+    let bytes = frame.encode_to_vec();
+    match Response::decode(ResponseFrame::decode(&bytes[..]).unwrap(), &limits()).unwrap() {
+        Response::Members(m) => {
+            // The three bad entries count against the bound, then are dropped.
+            assert_eq!(m.len(), MAX_MEMBERS - 3);
+            assert!(m.iter().all(|(_, a)| a.len() == MAX_MEMBER_ADDRS));
+        }
+        other => panic!("not a members answer: {other:?}"),
+    }
+}

@@ -11,7 +11,7 @@ use prost::Message;
 #[derive(Clone, PartialEq, Message)]
 pub struct RequestProto {
     /// The request.
-    #[prost(oneof = "request_proto::Kind", tags = "1, 2, 3")]
+    #[prost(oneof = "request_proto::Kind", tags = "1, 2, 3, 4")]
     pub kind: Option<request_proto::Kind>,
 }
 
@@ -29,7 +29,33 @@ pub mod request_proto {
         /// Bulk, change-ordered sync of what the requester should hold.
         #[prost(message, tag = "3")]
         Sync(super::SyncRequestProto),
+        /// The full nodes the responder knows (its routing table).
+        #[prost(message, tag = "4")]
+        Members(super::MembersRequestProto),
     }
+}
+
+/// Ask for the full nodes the responder knows.
+#[derive(Clone, PartialEq, Message)]
+pub struct MembersRequestProto {}
+
+/// One full node: its id and dialable addresses.
+#[derive(Clone, PartialEq, Message)]
+pub struct MemberProto {
+    /// The peer id (multihash bytes).
+    #[prost(bytes = "bytes", tag = "1")]
+    pub peer_id: Bytes,
+    /// Its dialable addresses (multiaddr bytes).
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    pub addrs: Vec<Bytes>,
+}
+
+/// The full nodes the responder knows.
+#[derive(Clone, PartialEq, Message)]
+pub struct MembersResponseProto {
+    /// At most 1,024 members, at most 8 addresses each.
+    #[prost(message, repeated, tag = "1")]
+    pub members: Vec<MemberProto>,
 }
 
 /// One item to store.
@@ -103,7 +129,7 @@ pub struct SyncRequestProto {
 #[derive(Clone, PartialEq, Message)]
 pub struct ResponseProto {
     /// The response.
-    #[prost(oneof = "response_proto::Kind", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "response_proto::Kind", tags = "1, 2, 3, 4, 5")]
     pub kind: Option<response_proto::Kind>,
 }
 
@@ -124,6 +150,9 @@ pub mod response_proto {
         /// The request was refused as a whole.
         #[prost(message, tag = "4")]
         Error(super::ErrorProto),
+        /// The full nodes the responder knows.
+        #[prost(message, tag = "5")]
+        Members(super::MembersResponseProto),
     }
 }
 

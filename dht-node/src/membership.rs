@@ -1,0 +1,74 @@
+//! The membership exchange: at each joining round (and each periodic bootstrap) a full
+//! node asks a couple of its connected full nodes for every full node they know (one
+//! members request each), and adds those it lacks to its routing table. In a network of
+//! up to a few hundred full nodes (Skywire's DMSG servers), every routing table then
+//! holds the whole membership, and the responsible set of any target is computed
+//! locally: puts and gets go straight to the replicas, with no lookup (one hop).
+//!
+//! An answer only adds addresses: a member that does not exist or does not answer is
+//! dialled by the warming step, fails, and is declared dead like any peer that went
+//! away. Answers are bounded (`MAX_MEMBERS`), and the routing table's per-IP-range
+//! bound applies to what they add.
+
+use libp2p::PeerId;
+use rand::seq::IteratorRandom;
+use tracing::{debug, instrument};
+
+use crate::network::{Client, Command};
+use crate::protocol::{Request, Response};
+use crate::state::NodeState;
+
+/// Peers asked per round.
+const ASKED_PER_ROUND: usize = 2;
+
+/// Asks up to [`ASKED_PER_ROUND`] connected routing-table peers for the full nodes they
+/// know and adds the new ones to the routing table. Returns how many were added; once
+/// one answer arrived, [`NodeState::membership_known`] may hold.
+#[instrument(skip_all)]
+pub(crate) async fn learn(client: &Client, state: &NodeState, me: PeerId) -> usize {
+    let asked: Vec<PeerId> = {
+        let connected = state.connected.read();
+        state
+            .view
+            .snapshot()
+            .into_keys()
+            .filter(|p| connected.contains(p))
+            .choose_multiple(&mut rand::thread_rng(), ASKED_PER_ROUND)
+    };
+    let mut added = 0;
+    for peer in asked {
+        let members = match client.request(peer, Request::Members).await {
+            Ok(Response::Members(members)) => members,
+            Ok(other) => {
+                // A node of an older version refuses the request: it knows no members.
+                debug!(%peer, ?other, "members request refused");
+                continue;
+            }
+            Err(e) => {
+                debug!(%peer, error = %e, "members request failed");
+                continue;
+            }
+        };
+        state.set_members_learned();
+        let known = state.view.snapshot();
+        for (member, addrs) in members {
+            if member == me || known.contains_key(&member) {
+                continue;
+            }
+            added += 1;
+            for addr in addrs {
+                if client
+                    .command(Command::AddPeer(member, addr))
+                    .await
+                    .is_err()
+                {
+                    return added;
+                }
+            }
+        }
+    }
+    if added > 0 {
+        debug!(added, "learned full nodes from the members exchange");
+    }
+    added
+}
