@@ -22,9 +22,9 @@ use crate::NodeError;
 /// `get_hedge_delay` passed without the item, or every peer asked missed. The lookup
 /// never blocks the table: a peer that misses, fails or passes its deadline (from its
 /// observed round trips, see [`crate::rtt`]) is replaced at once by the next closest
-/// peer the table knows. A visor (client mode) first hedges to the rest of the
-/// responsible set it knows, alpha peers per hedge delay, and looks up only once it has
-/// asked them all.
+/// peer the table knows. A visor (client mode), and a full node whose table holds the
+/// whole membership, first hedge to the rest of the responsible set they know, alpha
+/// peers per hedge delay, and look up only once they have asked them all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Hedge {
     /// The closest known peers are asked; the lookup waits for the hedge delay.
@@ -82,7 +82,19 @@ impl Node {
         // up: a lookup dials every full node it asks, and a fleet of visors looking up
         // at once would storm the full nodes with handshakes.
         let client = self.inner.config.mode == NodeMode::Client;
-        let hedge_delay = self.inner.config.get_hedge_delay;
+        // A full node whose table holds the whole membership also hedges within the
+        // responsible set: a lookup could only find the peers it already has. Its hedge
+        // waits a typical request deadline (from observed round trips), not the fixed
+        // delay, which on a WAN is shorter than one round trip.
+        let one_hop = client || self.inner.state.membership_known();
+        let hedge_delay = if one_hop && !client {
+            self.inner
+                .config
+                .get_hedge_delay
+                .max(self.inner.state.rtt.typical())
+        } else {
+            self.inner.config.get_hedge_delay
+        };
         let mut hedge = Hedge::Waiting;
         let delay = tokio::time::sleep(hedge_delay);
         tokio::pin!(delay);
@@ -90,7 +102,7 @@ impl Node {
         tokio::pin!(lookup);
         loop {
             if hedge == Hedge::Waiting && (delay.is_elapsed() || flight.is_empty()) {
-                if client && !reserve.is_empty() {
+                if one_hop && !reserve.is_empty() {
                     for _ in 0..self.inner.config.parallelism {
                         if let Some(p) = reserve.pop_front() {
                             flight.ask(p);

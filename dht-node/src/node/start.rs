@@ -225,7 +225,12 @@ impl Node {
         let (me, full) = (self.inner.peer_id, self.inner.config.mode == NodeMode::Full);
         let rounds = tokio::spawn(async move {
             for secs in early {
-                tokio::time::sleep(Duration::from_secs(secs)).await;
+                // Members are asked for twice per round: a forming network's tables fill
+                // from each other, and each exchange finds more.
+                let half = Duration::from_millis(secs * 500);
+                tokio::time::sleep(half).await;
+                membership::learn(&client, &state, me).await;
+                tokio::time::sleep(half).await;
                 if client.command(Command::SelfLookup).await.is_err() {
                     return;
                 }
