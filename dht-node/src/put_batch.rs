@@ -43,10 +43,10 @@ struct PeerQueue {
 
 /// Bytes an item's value adds to a request, roughly.
 fn size(p: &PutItem) -> usize {
-    p.coded.as_ref().map_or_else(
-        || p.item.value().map_or(0, |v| v.len()),
-        |w| w.wire_len(),
-    ) + 200
+    p.coded
+        .as_ref()
+        .map_or_else(|| p.item.value().map_or(0, |v| v.len()), |w| w.wire_len())
+        + 200
 }
 
 /// Takes the next request's items from the waiting ones.
@@ -120,7 +120,12 @@ impl Node {
     async fn put_request(&self, peer: PeerId, items: Vec<PutItem>) -> Vec<ItemAnswer> {
         let n = items.len();
         let all = |r: ReplicaResult| vec![Ok(r); n];
-        let frame = match self.inner.client.send(peer, Request::put(items).into()).await {
+        let frame = match self
+            .inner
+            .client
+            .send(peer, Request::put(items).into())
+            .await
+        {
             Ok(frame) => frame,
             Err(e) => return all(ReplicaResult::Failed(e.to_string())),
         };
@@ -150,5 +155,35 @@ impl Node {
             }),
             _ => all(ReplicaResult::Failed("unexpected response".into())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dht_core::{MutableItem, SigningKey};
+
+    fn waiting(value_len: usize) -> Waiting {
+        let key = SigningKey::generate_ed25519();
+        let item = MutableItem::sign(&key, key.public_key(), "s", 1, vec![b'x'; value_len]);
+        (
+            PutItem::plain(item, Default::default()),
+            oneshot::channel().0,
+        )
+    }
+
+    #[test]
+    fn a_request_takes_at_most_its_items_and_bytes_and_always_one() {
+        let mut w: Vec<Waiting> = (0..100).map(|_| waiting(10)).collect();
+        assert_eq!(take(&mut w).len(), MAX_ITEMS);
+        assert_eq!(w.len(), 100 - MAX_ITEMS);
+        // Bytes: 100 KB values, two to a request.
+        let mut w: Vec<Waiting> = (0..5).map(|_| waiting(100 * 1024)).collect();
+        assert_eq!(take(&mut w).len(), 2);
+        // One item over the byte bound still goes, alone.
+        let mut w: Vec<Waiting> = vec![waiting(MAX_BYTES + 1), waiting(10)];
+        assert_eq!(take(&mut w).len(), 1);
+        assert_eq!(take(&mut w).len(), 1);
+        assert!(take(&mut w).is_empty());
     }
 }

@@ -186,7 +186,10 @@ impl<S: KeySource + 'static> KeyMirror<S> {
         Self::collect(receivers, out).await;
     }
 
-    async fn collect(receivers: Vec<oneshot::Receiver<Option<KeyOutcome>>>, out: &mut BatchOutcome) {
+    async fn collect(
+        receivers: Vec<oneshot::Receiver<Option<KeyOutcome>>>,
+        out: &mut BatchOutcome,
+    ) {
         for rx in receivers {
             if let Ok(read) = rx.await {
                 out.reads += 1;

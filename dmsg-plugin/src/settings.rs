@@ -57,7 +57,8 @@ pub const SIDECAR_KEYS: &[KeyDoc] = &[
     KeyDoc {
         key: "mirror.coalesce_ms",
         example: "250",
-        doc: "the adapters put a touched key once per window, its latest value, ms [250; 0 to 10000]",
+        doc:
+            "the adapters put a touched key once per window, its latest value, ms [250; 0 to 10000]",
     },
     KeyDoc {
         key: "pusher",
@@ -267,9 +268,7 @@ impl SidecarSettings {
         config.gateway.max_body = self.gateway.max_body;
         config.gateway.read_timeout =
             std::time::Duration::from_secs(self.gateway.read_timeout_secs);
-        config.mirror_coalesce = Some(std::time::Duration::from_millis(
-            self.mirror.coalesce_ms,
-        ));
+        config.mirror_coalesce = Some(std::time::Duration::from_millis(self.mirror.coalesce_ms));
         for (salt, path) in &self.mirror_keys {
             let key = read_secret(&format!("mirror_keys.{salt}"), path)?;
             config.mirror_keys.insert(salt.clone(), key);

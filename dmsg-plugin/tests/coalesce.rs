@@ -39,8 +39,15 @@ async fn setup(nodes: usize, window: Duration) -> Setup {
     let tpd_key = SigningKey::generate_secp256k1();
     let mut config = NodeConfig::local();
     config.policy = Policy::default().authorize("tp", tpd_key.public_key());
-    let net = Testnet::builder(nodes).config(config).build().await.unwrap();
-    assert!(net.wait_for_routing(nodes - 1, Duration::from_secs(10)).await);
+    let net = Testnet::builder(nodes)
+        .config(config)
+        .build()
+        .await
+        .unwrap();
+    assert!(
+        net.wait_for_routing(nodes - 1, Duration::from_secs(10))
+            .await
+    );
     let store = Arc::new(MemoryTransportStore::default());
     let mirror = TransportMirror::new(
         store.clone(),
@@ -60,7 +67,12 @@ async fn read_everywhere(net: &Testnet, edge: PublicKey) -> Vec<Option<Vec<u8>>>
 }
 
 /// Polls until every node reads `want` for `edge`, up to `within`; returns how long.
-async fn until_read(net: &Testnet, edge: PublicKey, want: Option<Vec<u8>>, within: Duration) -> Duration {
+async fn until_read(
+    net: &Testnet,
+    edge: PublicKey,
+    want: Option<Vec<u8>>,
+    within: Duration,
+) -> Duration {
     let started = Instant::now();
     loop {
         let got = read_everywhere(net, edge).await;
@@ -71,7 +83,9 @@ async fn until_read(net: &Testnet, edge: PublicKey, want: Option<Vec<u8>>, withi
             started.elapsed() < within,
             "{edge}: wanted {:?}, nodes read {:?}",
             want.as_ref().map(Vec::len),
-            got.iter().map(|g| g.as_ref().map(Vec::len)).collect::<Vec<_>>()
+            got.iter()
+                .map(|g| g.as_ref().map(Vec::len))
+                .collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -88,7 +102,10 @@ async fn batches_within_the_window_put_each_edge_once_with_its_latest_list() {
         s.store.register(b);
         let queued = s.mirror.enqueue_batch(b);
         assert_eq!(queued.touched, 2);
-        assert!(queued.keys.is_empty(), "enqueue_batch returns before any put");
+        assert!(
+            queued.keys.is_empty(),
+            "enqueue_batch returns before any put"
+        );
     }
     // 11 distinct edges: the hub and ten others.
     assert_eq!(s.mirror.pending(), 11);
@@ -129,8 +146,16 @@ async fn deletes_and_republishes_within_the_window_keep_their_order() {
         let hex = pk(edge).to_hex();
         out.keys.iter().find(|k| k.subject == hex).map(|k| k.action)
     };
-    assert_eq!(action(a), Some("delete"), "the delete after the publish wins");
-    assert_eq!(action(c), Some("publish"), "the publish after the delete wins");
+    assert_eq!(
+        action(a),
+        Some("delete"),
+        "the delete after the publish wins"
+    );
+    assert_eq!(
+        action(c),
+        Some("publish"),
+        "the publish after the delete wins"
+    );
     assert_eq!(out.keys.len(), 3, "a, b and c once each: {:?}", out.keys);
     until_read(&s.net, pk(a), None, Duration::from_secs(5)).await;
     let c_list = encode_transport_list(&s.store.list(&pk(c)));
