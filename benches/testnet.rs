@@ -84,6 +84,13 @@ struct Args {
     /// Seed scenario scales to run (1: the production snapshot, 10: ten times larger).
     #[arg(long, value_delimiter = ',', default_value = "1,10")]
     seed_scales: Vec<usize>,
+    /// The mirror adapter's coalescing window in the seed scenario, ms.
+    #[arg(long, default_value_t = 250)]
+    seed_coalesce_ms: u64,
+    /// Internal: be the seed scenario's worker process for this scale (in a network
+    /// namespace of its own), printing its figures as JSON.
+    #[arg(long, hide = true)]
+    seed_worker: Option<usize>,
     /// Items held by the standalone node in the memory measurement (0: skip).
     #[arg(long, default_value_t = 100_000)]
     memory_items: usize,
@@ -742,6 +749,19 @@ fn main() -> anyhow::Result<()> {
             args.flood_in_flight,
         ));
     }
+    if let Some(scale) = args.seed_worker {
+        // A network namespace of its own (before any thread starts), so that its `lo`
+        // counts the seed's traffic only.
+        wan::own_namespace()?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let window = Duration::from_millis(args.seed_coalesce_ms);
+        let r = rt.block_on(seed::run(scale, 20, window, true))?;
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
     // The WAN section moves the process into a network namespace of its own: that must
     // happen before any thread (the runtime's) starts.
     let emulation = if args.only_wan {
@@ -917,7 +937,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     let mut seed_rows = Vec::new();
     for &scale in &args.seed_scales {
         eprintln!("== seed scenario {scale}x");
-        let r = seed::run(scale, 20).await?;
+        let r = seed::run_isolated(scale, Duration::from_millis(args.seed_coalesce_ms)).await?;
         eprintln!("{r:?}");
         seed_rows.push(r);
     }

@@ -124,6 +124,26 @@ impl Stats {
     }
 }
 
+/// Moves this process into a new network namespace of its own with its `lo` up and
+/// nothing else (no emulated link): its loopback counters then count only this
+/// process's traffic. Call it before any thread starts, as [`enter`].
+pub fn own_namespace() -> anyhow::Result<()> {
+    anyhow::ensure!(
+        unsafe { libc::geteuid() } == 0,
+        "not root (a network namespace needs root)"
+    );
+    let before = netns_inode()?;
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        anyhow::bail!("unshare(CLONE_NEWNET): {}", io::Error::last_os_error());
+    }
+    anyhow::ensure!(
+        netns_inode()? != before,
+        "still in the original network namespace after unshare"
+    );
+    loopback_up()?;
+    Ok(())
+}
+
 /// Moves this process into a new network namespace with the emulated link on its `lo`.
 /// Call it first thing in `main`, before any thread starts: threads started later (the
 /// tokio runtime, mainline's) inherit the namespace, threads started earlier would not.

@@ -42,6 +42,7 @@ mod node; // the API, start-up, shutdown
 mod placement; // the responsible set, stand-ins for replicas that are down
 mod protocol; // typed messages, the wire, framing and limits
 mod put; // the put query
+mod put_batch; // put items bound for one peer share requests
 mod repair; // read repair
 mod report;
 mod routing; // the routing view, responsibility, the saved table

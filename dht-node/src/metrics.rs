@@ -147,6 +147,8 @@ pub struct Metrics {
     pub put_value_forms: Family<ValueFormLabels, Counter>,
     /// Replicas that answered a patch with "need base" (the full value was sent again).
     pub put_need_base: Counter,
+    /// Put items that shared a request with others bound for the same peer.
+    pub put_items_batched: Counter,
     /// Value bytes not sent thanks to compression and patches (full value length minus
     /// the coded form's length, per replica).
     pub put_value_bytes_saved: Counter,
@@ -199,6 +201,7 @@ impl Metrics {
             strangers_throttled: Counter::default(),
             put_value_forms: Family::default(),
             put_need_base: Counter::default(),
+            put_items_batched: Counter::default(),
             put_value_bytes_saved: Counter::default(),
             kad_put_rejected: Family::default(),
             registry: Mutex::new(Registry::with_prefix("dht")),
@@ -224,6 +227,11 @@ impl Metrics {
                 "put_need_base",
                 "Replicas that lacked a patch's base and were sent the full value",
                 m.put_need_base.clone(),
+            );
+            r.register(
+                "put_items_batched",
+                "Put items that shared a request with others bound for the same peer",
+                m.put_items_batched.clone(),
             );
             r.register(
                 "put_value_bytes_saved",

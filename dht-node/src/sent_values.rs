@@ -10,8 +10,10 @@ use dht_core::codec::WireValue;
 use dht_core::Target;
 use parking_lot::Mutex;
 
-/// Most targets remembered.
-pub(crate) const MAX_TARGETS: usize = 4096;
+/// Most targets remembered: enough for a mirror re-asserting every key of a 10x seed
+/// (13,000 edges) to send patches rather than whole values; the bytes bound below
+/// holds in any case.
+pub(crate) const MAX_TARGETS: usize = 65_536;
 /// Most value bytes remembered.
 pub(crate) const MAX_BYTES: usize = 64 * 1024 * 1024;
 

@@ -32,6 +32,8 @@ pub use adapters::{
 pub use dht_to_http::{PusherConfig, PusherError};
 pub use formats::{DmsgEntry, ServiceEntry, TransportEntry};
 pub use gateway::GatewayConfig;
-pub use mirror::{KeyOutcome, Mirror, MirrorAction, RetryPolicy, SeqClock};
+pub use mirror::{
+    KeyOutcome, Mirror, MirrorAction, RetryPolicy, SeqClock, DEFAULT_COALESCE_WINDOW,
+};
 pub use plugin::{DhtPlugin, PluginConfig, PluginError, PushConfig};
 pub use visor::{Answer, Source, VisorClient, VisorClientConfig};

@@ -67,6 +67,10 @@ impl Default for RetryPolicy {
     }
 }
 
+/// How long the adapters ([`crate::adapters`]) hold a touched key before publishing it,
+/// so that the updates to one key within it are put once, with the latest value.
+pub const DEFAULT_COALESCE_WINDOW: Duration = Duration::from_millis(250);
+
 /// What to write for a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MirrorAction {
@@ -111,6 +115,7 @@ pub struct Mirror {
     live: Mutex<HashSet<PublicKey>>,
     concurrency: usize,
     laggards: Arc<Laggards>,
+    coalesce: Duration,
 }
 
 impl Mirror {
@@ -140,6 +145,7 @@ impl Mirror {
             live: Mutex::new(HashSet::new()),
             concurrency: 32,
             laggards,
+            coalesce: DEFAULT_COALESCE_WINDOW,
         }
     }
 
@@ -152,6 +158,19 @@ impl Mirror {
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
         self
+    }
+
+    /// Sets how long the adapters publishing through this mirror hold a touched key
+    /// before reading and putting its value ([`DEFAULT_COALESCE_WINDOW`]; zero: at once).
+    /// [`Mirror::mirror`] itself never waits.
+    pub fn with_coalesce_window(mut self, window: Duration) -> Self {
+        self.coalesce = window;
+        self
+    }
+
+    /// How long the adapters hold a touched key before publishing it.
+    pub fn coalesce_window(&self) -> Duration {
+        self.coalesce
     }
 
     /// The salt.

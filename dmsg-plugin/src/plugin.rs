@@ -39,6 +39,9 @@ pub struct PluginConfig {
     pub push: Option<PushConfig>,
     /// DHT -> HTTP discovery push, per salt (off for "tp" and "svc").
     pub pusher: PusherConfig,
+    /// How long the mirrors' adapters hold a touched key before putting its latest value
+    /// (`None`: [`crate::mirror::DEFAULT_COALESCE_WINDOW`]).
+    pub mirror_coalesce: Option<std::time::Duration>,
 }
 
 /// A failure starting the plugin.
@@ -99,11 +102,14 @@ impl DhtPlugin {
             .map(|(salt, key)| {
                 (
                     salt.clone(),
-                    Arc::new(Mirror::new(
-                        node.clone(),
-                        key.clone(),
-                        salt.clone().into_bytes(),
-                    )),
+                    Arc::new(
+                        Mirror::new(node.clone(), key.clone(), salt.clone().into_bytes())
+                            .with_coalesce_window(
+                                config
+                                    .mirror_coalesce
+                                    .unwrap_or(crate::mirror::DEFAULT_COALESCE_WINDOW),
+                            ),
+                    ),
                 )
             })
             .collect();

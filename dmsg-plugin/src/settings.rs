@@ -1,6 +1,6 @@
 //! The sidecar's configuration: the node's keys of [`dht_node::settings::NodeSettings`]
 //! (same names, defaults and ranges as `dht-node run`) plus the sections `[gateway]`,
-//! `[push]`, `[mirror_keys]` and `[pusher]`, layered and validated the same way
+//! `[push]`, `[mirror_keys]`, `[mirror]` and `[pusher]`, layered and validated the same way
 //! ([`dht_node::settings::load`]). A DMSG server embedding the plugin can read the same
 //! file.
 
@@ -55,6 +55,12 @@ pub const SIDECAR_KEYS: &[KeyDoc] = &[
         doc: "salt -> this server's mirror secret key file [none]",
     },
     KeyDoc {
+        key: "mirror.coalesce_ms",
+        example: "250",
+        doc:
+            "the adapters put a touched key once per window, its latest value, ms [250; 0 to 10000]",
+    },
+    KeyDoc {
         key: "pusher",
         example: "{ dmsg = \"http://127.0.0.1:9090/\" }",
         doc: "salt -> URL DHT values are pushed back to (not tp/svc) [none]",
@@ -76,6 +82,25 @@ pub struct SidecarSettings {
     pub mirror_keys: BTreeMap<String, PathBuf>,
     /// `[pusher]`: salt -> URL.
     pub pusher: BTreeMap<String, String>,
+    /// `[mirror]`.
+    pub mirror: MirrorSettings,
+}
+
+/// `[mirror]`: how the discovery adapters publish.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MirrorSettings {
+    /// The coalescing window, ms: a touched key is put once per window, with its latest
+    /// value ([`crate::mirror::DEFAULT_COALESCE_WINDOW`]).
+    pub coalesce_ms: u64,
+}
+
+impl Default for MirrorSettings {
+    fn default() -> Self {
+        MirrorSettings {
+            coalesce_ms: crate::mirror::DEFAULT_COALESCE_WINDOW.as_millis() as u64,
+        }
+    }
 }
 
 /// `[gateway]`.
@@ -170,6 +195,15 @@ impl Schema for SidecarSettings {
                 ));
             }
         }
+        if self.mirror.coalesce_ms > 10_000 {
+            return Err(Invalid::new(
+                "mirror.coalesce_ms",
+                format!(
+                    "= {} is out of range (expected 0 to 10000)",
+                    self.mirror.coalesce_ms
+                ),
+            ));
+        }
         for salt in self.pusher.keys() {
             if salt == "tp" || salt == "svc" {
                 return Err(Invalid::new(
@@ -234,6 +268,7 @@ impl SidecarSettings {
         config.gateway.max_body = self.gateway.max_body;
         config.gateway.read_timeout =
             std::time::Duration::from_secs(self.gateway.read_timeout_secs);
+        config.mirror_coalesce = Some(std::time::Duration::from_millis(self.mirror.coalesce_ms));
         for (salt, path) in &self.mirror_keys {
             let key = read_secret(&format!("mirror_keys.{salt}"), path)?;
             config.mirror_keys.insert(salt.clone(), key);

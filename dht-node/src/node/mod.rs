@@ -23,7 +23,7 @@ use crate::config::NodeConfig;
 use crate::events::NodeEvent;
 use crate::metrics::Metrics;
 use crate::network::{Client, Command};
-use crate::protocol::{PutItem, PutResult, Request, Response};
+use crate::protocol::{PutItem, PutResult};
 use crate::report::{NodeStats, ReplicaResult};
 use crate::sent_values::SentValues;
 use crate::sent_values::ValueForms;
@@ -47,6 +47,8 @@ pub(crate) struct NodeInner {
     pub listen_addrs: Vec<Multiaddr>,
     /// The last value put per target: the base of the next put's patch.
     pub sent_values: SentValues,
+    /// Put requests in flight and items waiting to share one, per peer.
+    pub put_batches: crate::put_batch::PutBatches,
 }
 
 impl std::fmt::Debug for Node {
@@ -280,30 +282,10 @@ impl Node {
     }
 
     /// One put item to one peer: what it did, or (`Err`) the put result to act on
-    /// when it did not store it (rejected or lacking a patch's base).
+    /// when it did not store it (rejected or lacking a patch's base). Items bound for
+    /// the same peer at once share requests ([`crate::put_batch`]).
     async fn exchange(&self, peer: PeerId, put: PutItem) -> Result<ReplicaResult, PutResult> {
-        let request = Request::put([put]);
-        let frame = match self.inner.client.send(peer, request.into()).await {
-            Ok(frame) => frame,
-            Err(e) => return Ok(ReplicaResult::Failed(e.to_string())),
-        };
-        Ok(match Response::decode(frame, self.inner.client.limits()) {
-            Ok(Response::Put(results)) => match results.into_iter().next() {
-                Some(r @ PutResult::Stored(_)) => r.into(),
-                Some(r) => return Err(r),
-                None => ReplicaResult::Failed("empty put response".into()),
-            },
-            // A refusal of the whole request with a reason code (a frame over the limit
-            // is refused from its header) is a rejection; anything else is a failure.
-            Ok(Response::Refused(refusal)) => match refusal.reason() {
-                Some(code) => ReplicaResult::Rejected {
-                    code,
-                    detail: refusal.detail,
-                },
-                None => ReplicaResult::Failed(format!("{}: {}", refusal.code, refusal.detail)),
-            },
-            _ => ReplicaResult::Failed("unexpected response".into()),
-        })
+        self.exchange_put(peer, put).await
     }
 }
 

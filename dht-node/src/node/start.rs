@@ -147,6 +147,7 @@ impl Node {
                 tasks: Mutex::new(vec![driver_task]),
                 listen_addrs,
                 sent_values: Default::default(),
+                put_batches: Default::default(),
             }),
         };
         info!(peer_id = %node.peer_id(), mode = ?node.inner.config.mode, "node started");

@@ -302,8 +302,13 @@ async fn write_frame<T: AsyncWrite + Unpin + Send>(
             format!("message of {} bytes exceeds the limit of {max}", msg.len()),
         ));
     }
-    io.write_all(&(msg.len() as u32).to_be_bytes()).await?;
-    io.write_all(&msg).await?;
+    // Prefix and body in one write: each write on a substream is a frame of its own
+    // (yamux header, noise tag, and on TCP with no delay a segment and its ACK), so
+    // writing them apart cost about 250 bytes on the wire per message for 4 bytes.
+    let mut frame = Vec::with_capacity(4 + msg.len());
+    frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&msg);
+    io.write_all(&frame).await?;
     io.close().await
 }
 
