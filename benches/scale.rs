@@ -133,6 +133,10 @@ pub async fn run(
         .map(crate::memory::rss_mb)
         .sum();
     f.rss_mb_per_node = (own + others) / nodes as f64;
+    eprintln!(
+        "   this process: {}",
+        crate::tables_summary(&net.nodes).await
+    );
 
     let mut rng = rand::thread_rng();
     let keys: Vec<SigningKey> = (0..ops).map(|_| SigningKey::generate_ed25519()).collect();

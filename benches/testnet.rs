@@ -76,10 +76,11 @@ struct Args {
     )]
     model_sizes: Vec<usize>,
     /// Largest network: total nodes over several `dht-node testnet` processes (0: skip).
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 1000)]
     scale_nodes: usize,
-    /// Nodes per process in the scale-out run.
-    #[arg(long, default_value_t = 100)]
+    /// Nodes per process in the scale-out run (each node may hold `max_connected_peers`
+    /// connections, and a process has 20,000 file descriptors).
+    #[arg(long, default_value_t = 50)]
     scale_per_process: usize,
     /// Seed scenario scales to run (1: the production snapshot, 10: ten times larger).
     #[arg(long, value_delimiter = ',', default_value = "1,10")]
@@ -292,6 +293,26 @@ fn rss_mb() -> f64 {
     memory::rss_mb(std::process::id())
 }
 
+/// Routing tables, connections and whether the membership is known, over `nodes`.
+async fn tables_summary(nodes: &[dht_node::Node]) -> String {
+    let mut table = Vec::with_capacity(nodes.len());
+    let (mut connected, mut known) = (0usize, 0usize);
+    for n in nodes {
+        if let Ok(s) = n.stats().await {
+            table.push(s.routing_table_peers);
+            connected += s.connected_peers;
+            known += usize::from(s.membership_known);
+        }
+    }
+    format!(
+        "routing tables {}..{} peers, {:.1} connected per node, membership known at {known} of {}",
+        table.iter().min().unwrap_or(&0),
+        table.iter().max().unwrap_or(&0),
+        connected as f64 / nodes.len().max(1) as f64,
+        nodes.len()
+    )
+}
+
 async fn ours(size: usize, ops: usize, value_len: usize, quick: bool) -> anyhow::Result<Figures> {
     let mut f = Figures::default();
     let rss0 = rss_mb();
@@ -309,21 +330,7 @@ async fn ours(size: usize, ops: usize, value_len: usize, quick: bool) -> anyhow:
         tokio::time::sleep_until((t0 + Duration::from_secs(32)).into()).await;
     }
 
-    let mut table = Vec::with_capacity(size);
-    let (mut connected, mut known) = (0usize, 0usize);
-    for n in &net.nodes {
-        if let Ok(s) = n.stats().await {
-            table.push(s.routing_table_peers);
-            connected += s.connected_peers;
-            known += usize::from(s.membership_known);
-        }
-    }
-    eprintln!(
-        "   routing tables {}..{} peers, {:.1} connected per node, membership known at {known} of {size}",
-        table.iter().min().unwrap_or(&0),
-        table.iter().max().unwrap_or(&0),
-        connected as f64 / size as f64
-    );
+    eprintln!("   {}", tables_summary(&net.nodes).await);
     let mut rng = rand::thread_rng();
     let keys: Vec<SigningKey> = (0..ops).map(|_| SigningKey::generate_ed25519()).collect();
     let mut put_lat = Vec::with_capacity(ops);

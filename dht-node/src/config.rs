@@ -178,7 +178,7 @@ impl Default for NodeConfig {
             sweep_interval: Duration::from_secs(60),
             save_interval: Duration::from_secs(30),
             idle_connection_timeout: Duration::from_secs(600),
-            max_connected_peers: 256,
+            max_connected_peers: 320,
             bucket_size: 256,
             max_client_peers: 4096,
             client_connections: 3,

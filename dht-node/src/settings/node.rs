@@ -78,8 +78,8 @@ pub const NODE_KEYS: &[KeyDoc] = &[
     },
     KeyDoc {
         key: "max_connected_peers",
-        example: "256",
-        doc: "most peers kept connected [256; 1 to 100000]",
+        example: "320",
+        doc: "most peers kept connected; every full node of a membership up to three quarters of it is kept connected [320; 1 to 100000]",
     },
     KeyDoc {
         key: "max_client_peers",
