@@ -12,7 +12,8 @@
 //! The workers talk to the benchmark over their standard input and output: a worker
 //! prints `started N` once its visors joined, runs `load SECS` when told, then prints
 //! `result OFFERED FAILURES CONNECTIONS MAX_CONNECTIONS` and `lat` followed by the
-//! latencies (microseconds) of its completed gets; `quit` (or the end of its input)
+//! latencies (microseconds) of its completed gets; `opened` prints `opened N`, the
+//! connections its visors opened so far; `quit` (or the end of its input)
 //! shuts its visors down.
 
 use std::path::Path;
@@ -60,6 +61,9 @@ pub struct FleetFigures {
     pub idle_cores: f64,
     /// The visors' (worker processes') CPU cores while idle.
     pub visor_idle_cores: f64,
+    /// Connections the visors opened per second while idle (each a handshake on a
+    /// full node).
+    pub idle_opened_per_s: f64,
     /// Full nodes' CPU cores while serving.
     pub serving_cores: f64,
     /// The visors' CPU cores while reading.
@@ -158,6 +162,16 @@ impl Worker {
     }
 }
 
+/// Connections all the workers' visors opened so far.
+async fn opened(workers: &mut [Worker]) -> anyhow::Result<u64> {
+    let mut n = 0;
+    for w in workers.iter_mut() {
+        w.send("opened").await?;
+        n += w.expect("opened ").await?.parse::<u64>()?;
+    }
+    Ok(n)
+}
+
 /// CPU seconds of all `workers` so far.
 fn workers_cpu(workers: &[Worker]) -> f64 {
     workers.iter().map(|w| cpu_seconds(w.pid())).sum()
@@ -239,11 +253,15 @@ pub async fn run(
     eprintln!("   {visors} visors started in {start_s:.1} s in {n_workers} workers; settling");
     tokio::time::sleep(SETTLE).await;
     let fds_idle = open_fds(pid);
+    let opened0 = opened(&mut workers).await?;
     let (visor_cpu0, t_idle) = (workers_cpu(&workers), Instant::now());
     let idle_cores = net.cores_over(IDLE_WINDOW).await;
-    let visor_idle_cores = (workers_cpu(&workers) - visor_cpu0) / t_idle.elapsed().as_secs_f64();
+    let idle_s = t_idle.elapsed().as_secs_f64();
+    let visor_idle_cores = (workers_cpu(&workers) - visor_cpu0) / idle_s;
+    let idle_opened_per_s = (opened(&mut workers).await? - opened0) as f64 / idle_s;
     eprintln!(
-        "   idle: full nodes {idle_cores:.3} cores, visors {visor_idle_cores:.3} cores, {fds_idle} fds"
+        "   idle: full nodes {idle_cores:.3} cores, visors {visor_idle_cores:.3} cores, \
+         {fds_idle} fds, {idle_opened_per_s:.1} connections opened/s"
     );
 
     // The load: each visor offers one get per second, at its own phase.
@@ -286,6 +304,7 @@ pub async fn run(
         start_s,
         idle_cores,
         visor_idle_cores,
+        idle_opened_per_s,
         serving_cores,
         visor_serving_cores,
         offered_per_s: total.offered as f64 / load.as_secs_f64(),
@@ -377,6 +396,13 @@ pub async fn worker(
                     .collect();
                 println!("lat {}", lat.join(" "));
             }
+            Some("opened") => {
+                let n: u64 = fleet
+                    .iter()
+                    .map(|v| v.metrics().connections_opened.get())
+                    .sum();
+                println!("opened {n}");
+            }
             Some("quit") => break,
             _ => {}
         }
@@ -419,8 +445,16 @@ async fn load(fleet: &[Node], subjects: &Arc<Vec<PublicKey>>, secs: Duration) ->
                         tokio::time::timeout(DRAIN, v.get(subject, b"tp", GetMode::First)).await;
                     match got {
                         Ok(Ok(r)) if r.value().is_some() => lock(&latencies).push(t.elapsed()),
-                        _ => {
-                            failures.fetch_add(1, Ordering::Relaxed);
+                        other => {
+                            // The first few failures of each worker, for the log.
+                            if failures.fetch_add(1, Ordering::Relaxed) < 3 {
+                                let why = match other {
+                                    Ok(Ok(r)) => format!("not found: {}", r.to_json()),
+                                    Ok(Err(e)) => format!("error: {e}"),
+                                    Err(_) => format!("still running after {DRAIN:?}"),
+                                };
+                                eprintln!("   a get failed after {:?}: {why}", t.elapsed());
+                            }
                         }
                     }
                 }));
@@ -457,20 +491,21 @@ pub fn markdown(runs: &[FleetFigures], per_worker: usize) -> String {
          CPU from `/proc` (idle: {} s after the visors joined, over {} s), of the full nodes' \
          process and of the visors' processes together. Latencies in ms; load average: the \
          machine's 1-minute figure at the end of the load (other work included).\n\n\
-         | visors (workers) | started in (s) | full nodes' cores, visors idle | visors' cores, idle | full nodes' cores, serving | visors' cores, serving | offered gets/s | completed gets/s | p50 | p90 | p99 | failures | full nodes per visor (mean / max) | full nodes' fds idle / loaded | load average |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+         | visors (workers) | started in (s) | full nodes' cores, visors idle | visors' cores, idle | connections opened/s, idle | full nodes' cores, serving | visors' cores, serving | offered gets/s | completed gets/s | p50 | p90 | p99 | failures | full nodes per visor (mean / max) | full nodes' fds idle / loaded | load average |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         START_CONCURRENCY,
         SETTLE.as_secs(),
         IDLE_WINDOW.as_secs()
     );
     for f in runs {
         md.push_str(&format!(
-            "| {} ({}) | {:.1} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {:.1} / {} | {} / {} | {:.1} |\n",
+            "| {} ({}) | {:.1} | {:.3} | {:.3} | {:.1} | {:.3} | {:.3} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {:.1} / {} | {} / {} | {:.1} |\n",
             f.visors,
             f.workers,
             f.start_s,
             f.idle_cores,
             f.visor_idle_cores,
+            f.idle_opened_per_s,
             f.serving_cores,
             f.visor_serving_cores,
             f.offered_per_s,

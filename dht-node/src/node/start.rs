@@ -201,7 +201,16 @@ impl Node {
             &[]
         } else {
             info!(known, "joining the network");
-            client.command(Command::Bootstrap).await?;
+            client
+                .command(match self.inner.config.mode {
+                    NodeMode::Full => Command::Bootstrap,
+                    // A visor needs full nodes to read from, not a table spanning the
+                    // key space: one lookup of its own id (a bootstrap adds a lookup
+                    // per bucket, each asking k full nodes; a read whose responsible
+                    // set the table misses looks it up anyway).
+                    NodeMode::Client => Command::SelfLookup,
+                })
+                .await?;
             match self.inner.config.mode {
                 NodeMode::Full => &EARLY_BOOTSTRAP_ROUNDS,
                 // A visor makes no early rounds: each would dial the full nodes it asks,
