@@ -36,7 +36,8 @@ use crate::procs::{cpu_seconds, TestnetProcess};
 pub const FULL_NODES: usize = 20;
 /// Items the full nodes hold.
 pub const ITEMS: usize = 2_000;
-/// Visors started at once (over all workers).
+/// Visors joining at once (over all workers): each counts as started once its lookup
+/// found every full node.
 const START_CONCURRENCY: usize = 25;
 /// Wait after the last visor started before measuring: the visors' joining lookups (each
 /// dials the full nodes it asks, and the connection budget closes the extra ones after
@@ -45,6 +46,8 @@ const START_CONCURRENCY: usize = 25;
 const SETTLE: Duration = Duration::from_secs(60);
 /// Idle window over which the full nodes' CPU is read.
 const IDLE_WINDOW: Duration = Duration::from_secs(10);
+/// Longest wait for one visor's join before the next starts.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
 /// A get still running this long after the load window counts as failed.
 const DRAIN: Duration = Duration::from_secs(15);
 
@@ -113,12 +116,7 @@ struct Worker {
 impl Worker {
     /// Starts a worker of `visors` visors (the `first`-th of the fleet onwards) reading
     /// the plan at `plan`, `concurrency` joining at once.
-    fn spawn(
-        plan: &Path,
-        first: usize,
-        visors: usize,
-        concurrency: usize,
-    ) -> anyhow::Result<Self> {
+    fn spawn(plan: &Path, first: usize, visors: usize, concurrency: usize) -> anyhow::Result<Self> {
         let mut child = Command::new(std::env::current_exe()?)
             .arg("--fleet-worker")
             .arg(plan)
@@ -367,11 +365,22 @@ pub async fn worker(
     let subjects = Arc::new(subjects);
     let mut config = NodeConfig::local();
     config.mode = NodeMode::Client;
+    let full_nodes = nodes.len();
     let fleet: Vec<Node> = futures::stream::iter(first..first + count)
         .map(|i| {
             let mut config = config.clone();
             config.bootstrap = vec![nodes[i % nodes.len()].clone()];
-            async move { Node::builder().config(config).build().await }
+            async move {
+                let v = Node::builder().config(config).build().await?;
+                // Joined once its lookup found the full nodes: only then does the next
+                // one start (a fleet booting all at once would hold a connection to
+                // every full node per visor, tens of thousands, at the same moment).
+                let t = Instant::now();
+                while v.routing_table().len() < full_nodes && t.elapsed() < JOIN_TIMEOUT {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok::<_, dht_node::NodeError>(v)
+            }
         })
         .buffer_unordered(concurrency.max(1))
         .filter_map(|n| futures::future::ready(n.ok()))
@@ -487,7 +496,7 @@ pub fn markdown(runs: &[FleetFigures], per_worker: usize) -> String {
         "\n### Visor fleets\n\n\
          {FULL_NODES} full nodes in one `dht-node testnet` process holding {ITEMS} \"tp\" items; \
          client-mode visors in worker processes of up to {per_worker} (`dht-bench --fleet-worker`; \
-         {} joining at a time over all workers), each offering one first-valid get per second. \
+         {} joining at a time over all workers, the next starting once one's lookup found every full node), each offering one first-valid get per second. \
          CPU from `/proc` (idle: {} s after the visors joined, over {} s), of the full nodes' \
          process and of the visors' processes together. Latencies in ms; load average: the \
          machine's 1-minute figure at the end of the load (other work included).\n\n\

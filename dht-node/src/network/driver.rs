@@ -276,11 +276,15 @@ impl Driver {
     /// Whether a round of this node's own (a bootstrap, a lookup of its own id) runs.
     fn joining(&self) -> bool {
         let me = self.swarm.local_peer_id().to_bytes();
-        self.swarm.behaviour().kad.iter_queries().any(|q| match q.info() {
-            kad::QueryInfo::Bootstrap { .. } => true,
-            kad::QueryInfo::GetClosestPeers { key, .. } => *key == me,
-            _ => false,
-        })
+        self.swarm
+            .behaviour()
+            .kad
+            .iter_queries()
+            .any(|q| match q.info() {
+                kad::QueryInfo::Bootstrap { .. } => true,
+                kad::QueryInfo::GetClosestPeers { key, .. } => *key == me,
+                _ => false,
+            })
     }
 
     /// Stops the kad queries whose caller went away (a get answered before its lookup
