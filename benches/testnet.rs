@@ -148,16 +148,32 @@ struct Args {
     /// Seconds of idleness measured.
     #[arg(long, default_value_t = 20)]
     idle_secs: u64,
-    /// Client-mode visors of the fleet benchmark, each offering 1 get/s to 20 full nodes
-    /// in a process of their own (0: skip).
+    /// Client-mode visors of the fleet benchmark (in worker processes), each offering
+    /// 1 get/s to 20 full nodes in a process of their own (0: skip).
     #[arg(long, default_value_t = 1000)]
     fleet_visors: usize,
     /// Smaller fleets run before the largest, to find the largest that holds.
-    #[arg(long, value_delimiter = ',', default_value = "300")]
+    #[arg(long, value_delimiter = ',', default_value = "300,600")]
     fleet_steps: Vec<usize>,
     /// Seconds of load per fleet.
     #[arg(long, default_value_t = 20)]
     fleet_secs: u64,
+    /// Visors per worker process of the fleet benchmark.
+    #[arg(long, default_value_t = 250)]
+    fleet_per_worker: usize,
+    /// Internal: be a worker process of the fleet benchmark, hosting visors of the
+    /// fleet whose plan (full nodes' addresses, items' subjects) is in this file.
+    #[arg(long, hide = true)]
+    fleet_worker: Option<std::path::PathBuf>,
+    /// Internal: the index in the fleet of the worker's first visor.
+    #[arg(long, hide = true, default_value_t = 0)]
+    fleet_first: usize,
+    /// Internal: the worker's visors.
+    #[arg(long, hide = true, default_value_t = 0)]
+    fleet_count: usize,
+    /// Internal: the worker's visors joining at once.
+    #[arg(long, hide = true, default_value_t = 8)]
+    fleet_concurrency: usize,
     /// Run only the idle-cost and fleet sections (rewrites only their block of the
     /// report).
     #[arg(long)]
@@ -769,6 +785,18 @@ fn main() -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&r)?);
         return Ok(());
     }
+    if let Some(plan) = &args.fleet_worker {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        return rt.block_on(fleet::worker(
+            plan,
+            args.fleet_first,
+            args.fleet_count,
+            args.fleet_concurrency,
+        ));
+    }
     // The WAN section moves the process into a network namespace of its own: that must
     // happen before any thread (the runtime's) starts.
     let emulation = if args.only_wan {
@@ -1034,11 +1062,17 @@ async fn idle_and_fleet(args: &Args, bin: &std::path::Path) -> anyhow::Result<St
         let mut runs = Vec::new();
         for n in sizes {
             eprintln!("== fleet: {n} visors");
-            let f = fleet::run(bin, n, Duration::from_secs(args.fleet_secs)).await?;
+            let f = fleet::run(
+                bin,
+                n,
+                args.fleet_per_worker,
+                Duration::from_secs(args.fleet_secs),
+            )
+            .await?;
             eprintln!("{f:?}");
             runs.push(f);
         }
-        md.push_str(&fleet::markdown(&runs));
+        md.push_str(&fleet::markdown(&runs, args.fleet_per_worker));
     }
     Ok(md)
 }

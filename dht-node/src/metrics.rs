@@ -91,6 +91,9 @@ pub struct Metrics {
     pub routing_table_peers: Gauge,
     /// Connected peers.
     pub connected_peers: Gauge,
+    /// Connections established (inbound and outbound): its rate is the handshakes this
+    /// node pays for.
+    pub connections_opened: Counter,
     /// Items in the local store (including tombstones).
     pub items_stored: Gauge,
     /// Bytes in the local store.
@@ -187,6 +190,7 @@ impl Metrics {
             }),
             items_accepted_by_salt: Family::default(),
             peers_suspected: Counter::default(),
+            connections_opened: Counter::default(),
             peers_declared_dead: Counter::default(),
             puts_returned_early: Counter::default(),
             puts_without_majority: Counter::default(),
@@ -262,6 +266,11 @@ impl Metrics {
                 "protocol_bytes",
                 "Substream bytes by application protocol (items, kad, identify, ping, other) and direction",
                 m.protocol_bytes.clone(),
+            );
+            r.register(
+                "connections_opened",
+                "Connections established, inbound and outbound (each one a handshake)",
+                m.connections_opened.clone(),
             );
             r.register(
                 "peers_suspected",

@@ -108,3 +108,38 @@ async fn full_nodes_never_route_to_visors_and_do_not_trim_them() {
     }
     net.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visor_joins_dialling_each_full_node_once_then_opens_nothing_while_idle() {
+    let net = Testnet::builder(8).build().await.unwrap();
+    assert!(net.wait_for_routing(7, Duration::from_secs(20)).await);
+    let v = visor(&net, 2).await;
+    // Its join is one lookup of its own id: it asks every full node (k = 20 > 8), over
+    // one connection each, kept until the lookup ends.
+    wait_for(
+        "the visor learned the full nodes",
+        Duration::from_secs(20),
+        || v.routing_table().len() >= 7,
+    )
+    .await;
+    // Then the budget closes all but two (after the connections' grace).
+    let started = std::time::Instant::now();
+    while connected(&v).await > 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the visor kept {} connections",
+            connected(&v).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let opened = v.metrics().connections_opened.get();
+    assert!(
+        (1..=8).contains(&opened),
+        "the visor's join opened {opened} connections to 8 full nodes"
+    );
+    // Idle: no lookup, no re-dial, no connection opened.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(v.metrics().connections_opened.get(), opened);
+    assert!(connected(&v).await <= 2);
+    net.shutdown().await;
+}

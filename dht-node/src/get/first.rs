@@ -84,10 +84,11 @@ impl Node {
         let client = self.inner.config.mode == NodeMode::Client;
         // A full node whose table holds the whole membership also hedges within the
         // responsible set: a lookup could only find the peers it already has. Its hedge
-        // waits a typical request deadline (from observed round trips), not the fixed
-        // delay, which on a WAN is shorter than one round trip.
+        // (and a visor's) waits a typical request deadline (from observed round trips),
+        // not the fixed delay, which on a WAN is shorter than one round trip, and which
+        // a fleet of visors short of CPU would turn into a storm of hedged requests.
         let one_hop = client || self.inner.state.membership_known();
-        let hedge_delay = if one_hop && !client {
+        let hedge_delay = if one_hop {
             self.inner
                 .config
                 .get_hedge_delay

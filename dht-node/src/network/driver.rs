@@ -305,6 +305,13 @@ impl Driver {
     /// Disconnects the least recently used peers while over a connection budget (full
     /// nodes and clients apart).
     pub(super) fn trim_connections(&mut self) {
+        // A visor's join and periodic rounds (lookups of its own id, bootstraps) dial
+        // the full nodes they ask: trimming those while the round runs only makes its
+        // next query dial them again, a handshake on both sides each time (a fleet of
+        // joining visors then stormed the full nodes). Trimmed once the round ends.
+        if self.mode == NodeMode::Client && self.joining() {
+            return;
+        }
         let now = Instant::now();
         let mut over = self.budget.over_budget(now);
         over.extend(self.clients.over_budget(now));
@@ -312,6 +319,20 @@ impl Driver {
             debug!(%peer, "connection budget: disconnecting least recently used peer");
             let _ = self.swarm.disconnect_peer_id(peer);
         }
+    }
+
+    /// Whether a round of this node's own (a bootstrap, a lookup of its own id) runs.
+    fn joining(&self) -> bool {
+        let me = self.swarm.local_peer_id().to_bytes();
+        self.swarm
+            .behaviour()
+            .kad
+            .iter_queries()
+            .any(|q| match q.info() {
+                kad::QueryInfo::Bootstrap { .. } => true,
+                kad::QueryInfo::GetClosestPeers { key, .. } => *key == me,
+                _ => false,
+            })
     }
 
     /// Stops the kad queries whose caller went away (a get answered before its lookup
@@ -422,6 +443,7 @@ impl Driver {
                     self.budget.established(peer_id, Instant::now());
                 }
                 self.state.connected.write().insert(peer_id);
+                self.state.metrics.connections_opened.inc();
                 self.count_connected();
                 self.heard_from(peer_id);
                 self.trim_connections();

@@ -24,10 +24,16 @@ impl Driver {
                 stats,
             } => {
                 self.count_kad_requests(step.last, &stats);
-                let peers = match r {
-                    Ok(ok) => ok.peers,
-                    Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                let (key, peers) = match r {
+                    Ok(ok) => (ok.key, ok.peers),
+                    Err(kad::GetClosestPeersError::Timeout { key, peers }) => (key, peers),
                 };
+                if step.last && key == self.swarm.local_peer_id().to_bytes() {
+                    // A lookup of its own id (a visor's join round): as a bootstrap, it
+                    // found the whole membership if it found fewer than k.
+                    self.view_dirty = true;
+                    self.state.set_bootstrapped();
+                }
                 if step.last {
                     if let Some(reply) = self.lookups.remove(&id) {
                         let _ =

@@ -9,6 +9,7 @@ use dht_core::store::{MemoryStore, RecordStore, RedbStore, StoreConfig};
 use dht_core::Validator;
 use libp2p::identity;
 use parking_lot::Mutex;
+use rand::Rng;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -204,7 +205,16 @@ impl Node {
             &[]
         } else {
             info!(known, "joining the network");
-            client.command(Command::Bootstrap).await?;
+            client
+                .command(match self.inner.config.mode {
+                    NodeMode::Full => Command::Bootstrap,
+                    // A visor needs full nodes to read from, not a table spanning the
+                    // key space: one lookup of its own id (a bootstrap adds a lookup
+                    // per bucket, each asking k full nodes; a read whose responsible
+                    // set the table misses looks it up anyway).
+                    NodeMode::Client => Command::SelfLookup,
+                })
+                .await?;
             match self.inner.config.mode {
                 NodeMode::Full => &EARLY_BOOTSTRAP_ROUNDS,
                 // A visor makes no early rounds: each would dial the full nodes it asks,
@@ -220,10 +230,16 @@ impl Node {
         // then a full bootstrap every 5 minutes, backing off to 40 while the routing table stays the same
         // (kad's own periodic bootstrap is off: it warns "No known peers" on a lone
         // bootstrap node; a round with an empty routing table is skipped quietly).
+        // A visor's rounds are lookups of its own id every 40 minutes, jittered: each
+        // dials the k full nodes it asks (a handshake on each), so a fleet of visors
+        // rounding every 5 minutes would cost the full nodes more than the fleet's
+        // idle connections do (1,000 visors: ~70 handshakes a second). It learns of
+        // full nodes that joined since then from its reads' lookups.
         let client = client.clone();
         let early = early.to_vec();
         let state = self.inner.state.clone();
-        let (me, full) = (self.inner.peer_id, self.inner.config.mode == NodeMode::Full);
+        let me = self.inner.peer_id;
+        let visor = self.inner.config.mode == NodeMode::Client;
         let rounds = tokio::spawn(async move {
             for secs in early {
                 // Members are asked for twice per round: a forming network's tables fill
@@ -237,21 +253,35 @@ impl Node {
                 }
                 membership::learn(&client, &state, me).await;
             }
-            let mut wait = PERIODIC_BOOTSTRAP_SECS;
+            let mut wait = if visor {
+                MAX_BOOTSTRAP_SECS
+            } else {
+                PERIODIC_BOOTSTRAP_SECS
+            };
             let mut last = state.view.snapshot().into_keys().collect::<HashSet<_>>();
             loop {
-                tokio::time::sleep(Duration::from_secs(wait)).await;
+                let jitter = if visor {
+                    rand::thread_rng().gen_range(0.9..1.1)
+                } else {
+                    1.0
+                };
+                tokio::time::sleep(Duration::from_secs(wait).mul_f64(jitter)).await;
                 let table = state.view.snapshot().into_keys().collect::<HashSet<_>>();
-                wait = if table == last {
+                wait = if table == last || visor {
                     (wait * 2).min(MAX_BOOTSTRAP_SECS)
                 } else {
                     PERIODIC_BOOTSTRAP_SECS
                 };
                 last = table;
-                if client.command(Command::Bootstrap).await.is_err() {
+                let round = if visor {
+                    Command::SelfLookup
+                } else {
+                    Command::Bootstrap
+                };
+                if client.command(round).await.is_err() {
                     return;
                 }
-                if full {
+                if !visor {
                     membership::learn(&client, &state, me).await;
                 }
             }
