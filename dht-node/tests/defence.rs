@@ -534,7 +534,9 @@ async fn a_flooding_client_waits_for_its_refusals_while_full_nodes_get_them_at_o
             other => panic!("{other:?}"),
         }
     }
-    assert!(stored >= 38, "stored {stored}");
+    // Its own background requests (members exchanges of its joining rounds) share
+    // the same budget.
+    assert!(stored >= 34, "stored {stored}");
     let text = net.nodes[0].metrics().encode();
     assert!(text.contains("dht_refusals_held_total 3"), "{text}");
     client.shutdown().await;
