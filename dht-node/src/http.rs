@@ -43,6 +43,7 @@ async fn health(State(node): State<Node>) -> Response {
         "routing_table_peers": peers,
         "peers_down": node.peers_down().len(),
         "caught_up": node.caught_up(),
+        "membership_known": node.membership_known(),
     });
     (StatusCode::OK, axum::Json(body)).into_response()
 }

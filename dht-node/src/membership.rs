@@ -22,8 +22,8 @@ use crate::state::NodeState;
 const ASKED_PER_ROUND: usize = 2;
 
 /// Asks up to [`ASKED_PER_ROUND`] connected routing-table peers for the full nodes they
-/// know and adds the new ones to the routing table. Returns how many were added; once
-/// one answer arrived, [`NodeState::membership_known`] may hold.
+/// know and adds the new ones to the routing table. Returns how many were added; once a
+/// round's answers bring no new member, [`NodeState::membership_known`] may hold.
 #[instrument(skip_all)]
 pub(crate) async fn learn(client: &Client, state: &NodeState, me: PeerId) -> usize {
     let asked: Vec<PeerId> = {
@@ -36,6 +36,7 @@ pub(crate) async fn learn(client: &Client, state: &NodeState, me: PeerId) -> usi
             .choose_multiple(&mut rand::thread_rng(), ASKED_PER_ROUND)
     };
     let mut added = 0;
+    let mut answered = false;
     for peer in asked {
         let members = match client.request(peer, Request::Members).await {
             Ok(Response::Members(members)) => members,
@@ -49,7 +50,7 @@ pub(crate) async fn learn(client: &Client, state: &NodeState, me: PeerId) -> usi
                 continue;
             }
         };
-        state.set_members_learned();
+        answered = true;
         let known = state.view.snapshot();
         for (member, addrs) in members {
             if member == me || known.contains_key(&member) {
@@ -69,6 +70,12 @@ pub(crate) async fn learn(client: &Client, state: &NodeState, me: PeerId) -> usi
     }
     if added > 0 {
         debug!(added, "learned full nodes from the members exchange");
+    } else if answered {
+        // The peers asked know no full node this one lacks: the exchange converged.
+        // (While answers still bring new members, a table without a full k-bucket
+        // may only be a table still filling: a network of a thousand nodes is not
+        // known whole from the first answers.)
+        state.set_members_learned();
     }
     added
 }

@@ -50,8 +50,8 @@ pub(crate) struct NodeState {
     /// Whether no k-bucket of the routing table is full: every full node this node has
     /// heard of is in it (see [`NodeState::membership_known`]).
     buckets_have_room: AtomicBool,
-    /// Whether a members answer was merged into the routing table (or this node is the
-    /// first of its network): see [`crate::membership`].
+    /// Whether a round of the members exchange brought no new member (or this node is
+    /// the first of its network): see [`crate::membership`].
     members_learned: AtomicBool,
     /// Microseconds every inbound item request is held before it is handled: a stalled
     /// (slow, not dead) replica, set by tests through `Node::set_answer_delay`.
@@ -102,7 +102,7 @@ impl NodeState {
     }
 
     /// Whether the routing table holds the whole membership of full nodes: a bootstrap
-    /// round finished, a members answer was merged (see [`crate::membership`]), and no
+    /// round finished, the members exchange converged (see [`crate::membership`]), and no
     /// k-bucket is full (none had to leave a full node out). Then
     /// the responsible set of any target is computed from the table alone (one hop), and
     /// a put needs no lookup to confirm it: a small network of full nodes (tens of DMSG
@@ -113,7 +113,7 @@ impl NodeState {
             && self.buckets_have_room.load(Ordering::Acquire)
     }
 
-    /// Records that a members answer was merged (or that there is nobody to ask).
+    /// Records that the members exchange converged (or that there is nobody to ask).
     pub fn set_members_learned(&self) {
         self.members_learned.store(true, Ordering::Release);
     }

@@ -82,6 +82,13 @@ impl Node {
         self.inner.state.liveness.down()
     }
 
+    /// Whether the routing table holds the whole membership of full nodes (see
+    /// [`NodeConfig::bucket_size`](crate::NodeConfig::bucket_size)): puts and gets then
+    /// route in one hop, with no lookup.
+    pub fn membership_known(&self) -> bool {
+        self.inner.state.membership_known()
+    }
+
     /// Whether the start-up catch-up has finished (until then reads do not trust the
     /// local copy alone).
     pub fn caught_up(&self) -> bool {
