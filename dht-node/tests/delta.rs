@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::metric;
+
 use std::time::Duration;
 
 use common::wait_for;
@@ -55,17 +57,6 @@ fn transport_list(edge: &str, n: usize) -> Vec<u8> {
         })
         .collect();
     serde_json::to_vec(&entries).unwrap()
-}
-
-/// A counter of the node's metrics (0 if absent).
-fn metric(node: &Node, line_start: &str) -> u64 {
-    node.metrics()
-        .encode()
-        .lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
 }
 
 fn item_bytes_out(node: &Node) -> u64 {

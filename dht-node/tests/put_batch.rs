@@ -2,20 +2,13 @@
 //! every item is stored on every replica, each put learns what became of its own item,
 //! and a put a replica refuses is refused alone.
 
+mod common;
+
 use std::time::Duration;
 
+use common::metric;
 use dht_core::{MutableItem, Policy, SigningKey};
-use dht_node::{GetMode, Node, NodeConfig, ReplicaResult, Testnet};
-
-fn metric(node: &Node, line_start: &str) -> u64 {
-    node.metrics()
-        .encode()
-        .lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
-}
+use dht_node::{GetMode, NodeConfig, ReplicaResult, Testnet};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_puts_shares_requests_and_every_put_gets_its_own_answer() {
