@@ -112,9 +112,10 @@ pub struct NodeConfig {
     pub max_connected_peers: usize,
     /// Capacity of each k-bucket of the routing table (Kademlia's k is `replication`;
     /// FIND_NODE answers still carry at most 20 peers). Larger than k so that a network
-    /// of up to a few hundred full nodes (Skywire's DMSG servers) is held whole: while
-    /// no bucket is full, every node computes the responsible set of any target from
-    /// its own table (one hop, no lookup).
+    /// of up to `bucket_size` full nodes (Skywire's DMSG servers) is held whole: while
+    /// the table is smaller than one bucket and the members exchange brings nothing new,
+    /// every node computes the responsible set of any target from its own table (one
+    /// hop, no lookup). Larger networks route by lookups as Kademlia does.
     pub bucket_size: usize,
     /// Full nodes: most client-mode peers (visors) kept connected, a budget apart from
     /// `max_connected_peers`, so that a fleet of visors neither crowds full nodes out

@@ -380,6 +380,10 @@ impl Driver {
             .metrics
             .routing_table_peers
             .set(peers.len() as i64);
+        // A table larger than one bucket is a network too large to take any table as
+        // whole: at 1,000 nodes, tables of 272 to 718 peers had no full bucket and
+        // members rounds that brought nothing new, yet held a fraction of the network.
+        room &= peers.len() < self.bucket_size;
         self.state.view.replace(peers);
         self.state.set_buckets_have_room(room);
         self.view_dirty = false;
