@@ -23,6 +23,26 @@ async fn connected(n: &Node) -> usize {
     n.stats().await.unwrap().connected_peers
 }
 
+/// Waits until visor `v` knows the 7 full nodes, then until its budget has closed all
+/// but 2 of its connections.
+async fn learned_seven_and_kept_two(v: &Node) {
+    wait_for(
+        "the visor learned the full nodes",
+        Duration::from_secs(20),
+        || v.routing_table().len() >= 7,
+    )
+    .await;
+    let started = std::time::Instant::now();
+    while connected(v).await > 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the visor kept {} connections",
+            connected(v).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_visor_holds_at_most_its_connections_and_reads_through_them() {
     let net = Testnet::builder(8).build().await.unwrap();
@@ -33,22 +53,8 @@ async fn a_visor_holds_at_most_its_connections_and_reads_through_them() {
         assert!(net.nodes[0].put(item).await.unwrap().majority_stored());
     }
     let v = visor(&net, 2).await;
-    wait_for(
-        "the visor learned the full nodes",
-        Duration::from_secs(20),
-        || v.routing_table().len() >= 7,
-    )
-    .await;
-    // Its bootstrap lookup dialled every full node; the budget closes the extra ones.
-    let started = std::time::Instant::now();
-    while connected(&v).await > 2 {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the visor kept {} connections",
-            connected(&v).await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Its join dialled every full node; the budget closes the extra ones.
+    learned_seven_and_kept_two(&v).await;
     // Reads of many targets go to the full nodes already connected (each holds every
     // item: 8 nodes, k = 20), so no new connection opens.
     for k in &keys {
@@ -116,22 +122,8 @@ async fn a_visor_joins_dialling_each_full_node_once_then_opens_nothing_while_idl
     let v = visor(&net, 2).await;
     // Its join is one lookup of its own id: it asks every full node (k = 20 > 8), over
     // one connection each, kept until the lookup ends.
-    wait_for(
-        "the visor learned the full nodes",
-        Duration::from_secs(20),
-        || v.routing_table().len() >= 7,
-    )
-    .await;
     // Then the budget closes all but two (after the connections' grace).
-    let started = std::time::Instant::now();
-    while connected(&v).await > 2 {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the visor kept {} connections",
-            connected(&v).await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    learned_seven_and_kept_two(&v).await;
     let opened = v.metrics().connections_opened.get();
     assert!(
         (1..=8).contains(&opened),
