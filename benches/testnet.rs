@@ -145,8 +145,9 @@ struct Args {
     /// own (0: skip).
     #[arg(long, default_value_t = 100)]
     idle_nodes: usize,
-    /// Seconds of idleness measured.
-    #[arg(long, default_value_t = 20)]
+    /// Seconds of idleness measured: at least one ping interval (180 s), since most of
+    /// a quiet network's work comes in bursts once per interval.
+    #[arg(long, default_value_t = 180)]
     idle_secs: u64,
     /// Client-mode visors of the fleet benchmark (in worker processes), each offering
     /// 1 get/s to 20 full nodes in a process of their own (0: skip).

@@ -274,7 +274,9 @@ impl Driver {
     /// one round trip over a warm connection, never a dial (TCP, noise and yamux cost
     /// two to three round trips before the request). Dials what is missing, at most
     /// [`WARM_DIALS_PER_TICK`] a tick; peers that are down are left to the liveness
-    /// probes. Idle connections cost one ping a minute.
+    /// probes. Of each pair of full nodes only one dials (see [`dials_first`]): both
+    /// dialling at once would open two connections, each pinged. Idle connections cost
+    /// one ping every [`super::transport::PING_INTERVAL`].
     fn warm_connections(&mut self) {
         self.warming = false;
         if self.mode != NodeMode::Full
@@ -283,13 +285,15 @@ impl Driver {
         {
             return;
         }
+        let me = *self.swarm.local_peer_id();
         let cold: Vec<(PeerId, Vec<Multiaddr>)> = self
             .state
             .view
             .snapshot()
             .into_iter()
             .filter(|(p, _)| {
-                !self.swarm.is_connected(p)
+                dials_first(&me, p)
+                    && !self.swarm.is_connected(p)
                     && !self.state.liveness.is_down(p)
                     && !self.bans.is_banned(p)
             })
@@ -504,4 +508,33 @@ pub(super) fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
         libp2p::multiaddr::Protocol::Ip6(ip) => Some(ip.into()),
         _ => None,
     })
+}
+
+/// Whether `me` is the one of the pair (`me`, `peer`) that opens their warm connection.
+/// Both ends compute the same answer for the pair, and each node dials about half of
+/// the others (a plain "lower id dials" would make the lowest id dial everyone).
+fn dials_first(me: &PeerId, peer: &PeerId) -> bool {
+    let (a, b) = (me.to_bytes(), peer.to_bytes());
+    let mixed = a.last().copied().unwrap_or(0) ^ b.last().copied().unwrap_or(0);
+    (a < b) == (mixed & 1 == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dials_first;
+    use libp2p::PeerId;
+
+    #[test]
+    fn exactly_one_of_each_pair_dials_and_each_node_dials_about_half() {
+        let peers: Vec<PeerId> = (0..64).map(|_| PeerId::random()).collect();
+        for a in &peers {
+            let mut dialled = 0;
+            for b in peers.iter().filter(|b| *b != a) {
+                assert_ne!(dials_first(a, b), dials_first(b, a), "{a} and {b}");
+                dialled += usize::from(dials_first(a, b));
+            }
+            // 63 others: a fair coin per pair, far from all or none.
+            assert!((8..=55).contains(&dialled), "{a} dials {dialled} of 63");
+        }
+    }
 }

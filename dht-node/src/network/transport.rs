@@ -25,11 +25,20 @@ use crate::NodeError;
 
 /// How often connected peers are pinged (`/ipfs/ping/1.0.0`): a pong clears a
 /// suspicion, a missed one closes the connection. Both ends of every connection ping,
-/// and pings are most of what a quiet network exchanges: a peer that crashed or whose
-/// socket closed is seen at once (the connection fails), and a request that fails
-/// suspects its peer at once, so the ping only catches peers that vanished silently
-/// (within a minute and the ping timeout).
-const PING_INTERVAL: Duration = Duration::from_secs(60);
+/// and pings are most of what a quiet network does: a 100-node network keeps 4,950
+/// warm connections, so a ping a minute cost it about 0.05 cores. A peer that crashed
+/// or whose socket closed is seen at once (the connection fails), and a request that
+/// fails or misses its deadline suspects its peer at once, so the ping only catches
+/// peers that vanished silently while nobody asked them anything (within three minutes
+/// and the ping timeout). Each node pings at its own interval, within a fifth of this
+/// (see [`ping_interval`]).
+pub(super) const PING_INTERVAL: Duration = Duration::from_secs(180);
+
+/// How often identify repeats itself on a connection (its first exchange happens when
+/// the connection opens): libp2p's five minutes would be one exchange per connection
+/// every five minutes in a quiet network, and a peer's protocols and addresses change
+/// only when it restarts, which opens new connections.
+const IDENTIFY_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Item-protocol streams one connection may have open at once (each may buffer up to
 /// one frame, so this bounds a peer's share of memory).
@@ -89,7 +98,8 @@ pub(crate) fn build_swarm(
         let kad = kad::Behaviour::with_config(local_id, ItemRecordStore::new(local_id), kad_config);
         let identify = identify::Behaviour::new(
             identify::Config::new("/skywire-dht/id/1.0.0".into(), key.public())
-                .with_agent_version(format!("dht-node/{}", env!("CARGO_PKG_VERSION"))),
+                .with_agent_version(format!("dht-node/{}", env!("CARGO_PKG_VERSION")))
+                .with_interval(IDENTIFY_INTERVAL),
         );
         let support = match mode {
             NodeMode::Full => ProtocolSupport::Full,
@@ -116,7 +126,7 @@ pub(crate) fn build_swarm(
             gate: super::gate::Gate::new(metrics.connections_throttled.clone()),
             kad,
             identify,
-            ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
+            ping: ping::Behaviour::new(ping::Config::new().with_interval(ping_interval())),
             items,
         }
     };
@@ -169,6 +179,16 @@ fn transport(
         tcp.boxed()
     };
     Ok(Metered::new(transport, bytes))
+}
+
+/// This node's ping interval: [`PING_INTERVAL`] give or take a fifth, drawn once. The
+/// warm connections of a network open within seconds of each other, so with one shared
+/// interval every connection would ping in the same few seconds of every interval (a
+/// burst that delays whatever the nodes do then); with intervals that differ, the
+/// pings spread out over the interval from the second round on.
+fn ping_interval() -> Duration {
+    use rand::Rng;
+    PING_INTERVAL.mul_f64(rand::thread_rng().gen_range(0.8..1.2))
 }
 
 /// Listens on `addrs` and waits until every listener reports an address, so callers
