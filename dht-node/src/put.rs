@@ -2,8 +2,9 @@
 //! it (stand-ins replacing replicas that are down) while a lookup confirms the set (none
 //! when the table holds the whole membership: `NodeState::membership_known`); the
 //! put returns as soon as a majority of the responsible set holds the item and the
-//! stragglers had a grace of twice what the majority took (never a timeout's worth). What
-//! is still in flight then finishes in the background.
+//! stragglers had a grace of half what the majority took (so a put takes at most 1.5
+//! times its majority, never a timeout's worth). What is still in flight then finishes
+//! in the background.
 //!
 //! No put waits a timeout on a slow replica while others answer. Each request has a
 //! deadline derived from the peer's observed round trips ([`crate::rtt`]); a replica
@@ -36,8 +37,9 @@ use crate::report::{GetMode, PutReport, ReplicaOutcome, ReplicaResult};
 use crate::sent_values::{ValueForms, MIN_CODED_VALUE};
 use crate::NodeError;
 
-/// Shortest wait for stragglers once a majority stored.
-const MIN_STRAGGLER_GRACE: Duration = Duration::from_millis(25);
+/// Shortest wait for stragglers once a majority stored (on loopback a majority takes a
+/// few milliseconds; the replicas answering in the same flight still make the report).
+const MIN_STRAGGLER_GRACE: Duration = Duration::from_millis(1);
 /// Without a majority, a responsible replica still in flight is waited on for this many
 /// of its deadlines (a replica that is merely slow, a busy machine) before the put
 /// returns without it.
@@ -421,7 +423,7 @@ impl Node {
                 // (it goes on in the background), unless the table is young.
                 Some(_) if query.only_late_pending() && !young => break,
                 Some(at) => {
-                    let grace = (at.duration_since(started) * 2).max(MIN_STRAGGLER_GRACE);
+                    let grace = (at.duration_since(started) / 2).max(MIN_STRAGGLER_GRACE);
                     // A responsible set smaller than k before any bootstrap round
                     // finished may only mean the routing table is young: give the
                     // lookup longer to find the rest. After one, the table is the
