@@ -141,16 +141,52 @@ pub async fn run(
     let mut rng = rand::thread_rng();
     let keys: Vec<SigningKey> = (0..ops).map(|_| SigningKey::generate_ed25519()).collect();
     let mut lat = Vec::with_capacity(ops);
+    let mut slowest = Vec::new();
+    let watched0 = watched_counters(&net.nodes);
+    let puts_started = Instant::now();
     for k in &keys {
         let node = &net.nodes[rng.gen_range(0..net.nodes.len())];
         let item = MutableItem::sign(k, k.public_key(), "tp", 1, vec![0x42; value_len]);
+        let known = node.membership_known();
         let t = Instant::now();
-        let ok = node.put(item).await.is_ok_and(|r| r.majority_stored());
-        lat.push(t.elapsed());
+        let at = t.duration_since(puts_started);
+        let report = node.put(item).await;
+        let took = t.elapsed();
+        lat.push(took);
+        let ok = report.as_ref().is_ok_and(|r| r.majority_stored());
         f.failures += usize::from(!ok);
+        if let Ok(r) = report {
+            slowest.push((took, at, known, r));
+        }
     }
     f.put = pcts(lat);
     eprintln!("   puts done: {:?}", f.put);
+    let watched1 = watched_counters(&net.nodes);
+    eprintln!(
+        "   during the puts, this process's nodes: {}",
+        WATCHED
+            .iter()
+            .zip(watched0.iter().zip(&watched1))
+            .map(|(name, (a, b))| format!("{name} +{}", b - a))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    // The slowest puts, to tell a slow majority from waiting on a lookup or stragglers.
+    slowest.sort_by_key(|(took, ..)| std::cmp::Reverse(*took));
+    for (took, at, known, r) in slowest.iter().take(5) {
+        eprintln!(
+            "   slow put {:.1} ms, {:.1} s into the puts: membership known {known}, responsible {}, stored {} \
+             ({} responsible), pending {}, unreachable {}, stand-ins {}",
+            took.as_secs_f64() * 1e3,
+            at.as_secs_f64(),
+            r.responsible.len(),
+            r.stored_on().len(),
+            r.responsible_stored(),
+            r.pending.len(),
+            r.unreachable.len(),
+            r.stand_ins.len()
+        );
+    }
     for (mode, slot) in [
         (GetMode::First, &mut f.get_first),
         (GetMode::Quorum(0), &mut f.get_quorum),
@@ -171,4 +207,36 @@ pub async fn run(
     net.shutdown().await;
     drop(children);
     Ok(f)
+}
+
+/// Counters whose change during the puts tells why some were slow.
+const WATCHED: [&str; 6] = [
+    "dht_peers_suspected_total",
+    "dht_hedged_requests_total",
+    "dht_connections_opened_total",
+    "dht_puts_returned_early_total",
+    "dht_put_need_base_total",
+    "dht_put_items_batched_total",
+];
+
+/// The [`WATCHED`] counters summed over `nodes` (all label sets).
+fn watched_counters(nodes: &[dht_node::Node]) -> Vec<f64> {
+    let mut sums = vec![0.0; WATCHED.len()];
+    for node in nodes {
+        for line in node.metrics().encode().lines() {
+            for (i, name) in WATCHED.iter().enumerate() {
+                let Some(rest) = line.strip_prefix(name) else {
+                    continue;
+                };
+                if rest.starts_with(' ') || rest.starts_with('{') {
+                    sums[i] += line
+                        .rsplit(' ')
+                        .next()
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .unwrap_or(0.0);
+                }
+            }
+        }
+    }
+    sums
 }

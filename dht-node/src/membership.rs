@@ -10,6 +10,8 @@
 //! away. Answers are bounded (`MAX_MEMBERS`), and the routing table's per-IP-range
 //! bound applies to what they add.
 
+use std::time::Duration;
+
 use libp2p::PeerId;
 use rand::seq::IteratorRandom;
 use tracing::{debug, instrument};
@@ -20,6 +22,28 @@ use crate::state::NodeState;
 
 /// Peers asked per round.
 const ASKED_PER_ROUND: usize = 2;
+
+/// Most members rounds one [`converge`] makes.
+const MAX_CONVERGING_ROUNDS: usize = 8;
+
+/// Pause between the rounds of one [`converge`].
+const CONVERGING_PAUSE: Duration = Duration::from_secs(1);
+
+/// Members rounds until one brings no new member (at most [`MAX_CONVERGING_ROUNDS`], a
+/// second apart). A forming network's answers bring new members for a while (nodes still
+/// joining, tables still filling); stopping at the first round that brought some would
+/// leave the membership unknown, and every put paying a lookup, until the next periodic
+/// round minutes later.
+pub(crate) async fn converge(client: &Client, state: &NodeState, me: PeerId) {
+    for round in 0..MAX_CONVERGING_ROUNDS {
+        if round > 0 {
+            tokio::time::sleep(CONVERGING_PAUSE).await;
+        }
+        if learn(client, state, me).await == 0 {
+            return;
+        }
+    }
+}
 
 /// Asks up to [`ASKED_PER_ROUND`] connected routing-table peers for the full nodes they
 /// know and adds the new ones to the routing table. Returns how many were added; once a

@@ -242,16 +242,17 @@ impl Node {
         let visor = self.inner.config.mode == NodeMode::Client;
         let rounds = tokio::spawn(async move {
             for secs in early {
-                // Members are asked for twice per round: a forming network's tables fill
-                // from each other, and each exchange finds more.
+                // Members are asked for twice per round, each time until an answer
+                // brings nothing new: a forming network's tables fill from each other,
+                // and each exchange finds more.
                 let half = Duration::from_millis(secs * 500);
                 tokio::time::sleep(half).await;
-                membership::learn(&client, &state, me).await;
+                membership::converge(&client, &state, me).await;
                 tokio::time::sleep(half).await;
                 if client.command(Command::SelfLookup).await.is_err() {
                     return;
                 }
-                membership::learn(&client, &state, me).await;
+                membership::converge(&client, &state, me).await;
             }
             let mut wait = if visor {
                 MAX_BOOTSTRAP_SECS
