@@ -165,6 +165,7 @@ pub async fn run(
     let mut config = NodeConfig::local();
     config.policy = Policy::default().authorize("tp", tpd_key.public_key());
     let net = Testnet::builder(nodes).config(config).build().await?;
+    let network_up = Instant::now();
     net.wait_for_routing(nodes.saturating_sub(1).min(20), Duration::from_secs(30))
         .await;
     let store = Arc::new(MemoryTransportStore::default());
@@ -241,7 +242,17 @@ pub async fn run(
             .iter()
             .max_by_key(|e| store.list(e).len())
             .expect("edges");
-        Some(append_one(&net, &store, &publisher, hub, &key(visors + 100)).await)
+        Some(
+            append_one(
+                &net,
+                network_up,
+                &store,
+                &publisher,
+                hub,
+                &key(visors + 100),
+            )
+            .await,
+        )
     } else {
         None
     };
@@ -319,6 +330,7 @@ async fn read_back(net: &Testnet, expected: &[(PublicKey, Vec<u8>)]) -> Vec<(usi
 /// through the mirror, measuring the bytes it sends; then reads it back from every node.
 async fn append_one(
     net: &Testnet,
+    network_up: Instant,
     store: &MemoryTransportStore,
     publisher: &Mirror,
     hub: PublicKey,
@@ -332,30 +344,52 @@ async fn append_one(
         "automatic",
     )]);
     let value = encode_transport_list(&store.list(&hub));
+    // Past the nodes' joining rounds (a self-lookup and a members exchange each, the
+    // last JOINING_ROUNDS after a node joined: 20 of them, tens of KB in a second), so
+    // that the second measured holds the append's traffic and the idle network's.
+    let joined = network_up + dht_node::JOINING_ROUNDS + Duration::from_secs(2);
+    tokio::time::sleep_until(joined.into()).await;
     settle().await;
-    // The idle network's bytes in a span as long as the measurement (1 s).
+    // The idle network's bytes per second (pings and the like), over 5 s.
+    let idle_span = Duration::from_secs(5);
+    let (idle0, idle_proto0) = (lo().0, protocol_bytes_out(net));
+    tokio::time::sleep(idle_span).await;
+    let idle_bytes = lo().0.saturating_sub(idle0) / idle_span.as_secs();
+    let idle_substream: f64 = protocol_delta(&idle_proto0, &protocol_bytes_out(net))
+        .iter()
+        .map(|(_, mb)| mb * 1e6)
+        .sum();
+    let idle_substream_bytes = (idle_substream / idle_span.as_secs_f64()).round() as u64;
+    // The measurement: the second from the put.
     let span = Duration::from_secs(1);
-    let idle0 = lo().0;
-    tokio::time::sleep(span).await;
-    let idle_bytes = lo().0.saturating_sub(idle0);
-    let (lo0, proto0) = (lo().0, protocol_bytes_out(net));
+    let (lo0, proto0) = (lo(), protocol_bytes_out(net));
     let started = Instant::now();
     let outcome = publisher
         .mirror(hub, MirrorAction::Publish(value.clone()))
         .await;
     tokio::time::sleep(span.saturating_sub(started.elapsed())).await;
-    let bytes_sent = lo().0.saturating_sub(lo0);
-    let substream_bytes = protocol_delta(&proto0, &protocol_bytes_out(net))
-        .iter()
-        .map(|(_, mb)| (mb * 1e6).round() as u64)
-        .sum();
+    let (lo1, proto1) = (lo(), protocol_bytes_out(net));
+    let bytes_sent = lo1.0.saturating_sub(lo0.0);
+    let packets = lo1.1.saturating_sub(lo0.1);
+    let by_protocol = protocol_delta(&proto0, &proto1);
+    let bytes_of = |items: bool| -> u64 {
+        by_protocol
+            .iter()
+            .filter(|(p, _)| (p == "items") == items)
+            .map(|(_, mb)| (mb * 1e6).round() as u64)
+            .sum()
+    };
+    let (substream_bytes, other_substream_bytes) = (bytes_of(true), bytes_of(false));
     let failures = read_back(net, &[(hub, value.clone())]).await.len();
     AppendFigures {
         list_bytes: before.len(),
         appended_bytes: value.len() - before.len(),
         bytes_sent,
+        packets,
         idle_bytes,
+        idle_substream_bytes,
         substream_bytes,
+        other_substream_bytes,
         stored: outcome.stored,
         failures,
     }
@@ -421,13 +455,23 @@ pub struct AppendFigures {
     pub list_bytes: usize,
     /// Bytes the append added to the value.
     pub appended_bytes: usize,
-    /// Loopback bytes sent from the put until the traffic settled (all layers, all
-    /// nodes, idle traffic of that span included).
+    /// Loopback bytes sent in the second from the put (all layers, all nodes, idle
+    /// traffic of that second included).
     pub bytes_sent: u64,
-    /// Loopback bytes the idle network sent in a span as long, measured just before.
+    /// Loopback packets sent in that second.
+    #[serde(default)]
+    pub packets: u64,
+    /// Loopback bytes the idle network sends per second, averaged over 5 s measured
+    /// just before.
     pub idle_bytes: u64,
-    /// Substream bytes of the item protocol and kad in that span.
+    /// Substream bytes (all protocols) the idle network sends per second, same 5 s.
+    #[serde(default)]
+    pub idle_substream_bytes: u64,
+    /// Item-protocol substream bytes in the second from the put.
     pub substream_bytes: u64,
+    /// Substream bytes of the other protocols (kad, identify, ping) in that second.
+    #[serde(default)]
+    pub other_substream_bytes: u64,
     /// Replicas that stored it.
     pub stored: usize,
     /// Nodes that did not read the new list back byte-identical.
@@ -521,21 +565,27 @@ pub fn markdown(rows: &[SeedFigures]) -> String {
     if !appends.is_empty() {
         s.push_str(
             "\nOne transport appended to the hub edge's list after the 1x mirroring, put by \
-             the mirror to the 20 nodes (a patch against the list the replicas hold): bytes \
-             on the wire in the second from the put, all layers and all nodes, with what the \
-             idle network sent in a second just before (pings and the like, included in the \
-             figure); then the new list is read back from every node, byte-identical.\n\n\
-             | list before | appended | bytes on the wire | of which idle | substream bytes | replicas stored | read-back failures |\n\
-             |---|---|---|---|---|---|---|\n",
+             the mirror to the 20 nodes (a patch against the list the replicas hold), once \
+             the nodes' joining rounds are over (a self-lookup and a members exchange each, \
+             the last 44 s after joining): bytes and packets on the wire in the second from \
+             the put, all layers and all nodes, idle traffic of that second included; the \
+             idle network's bytes per second (pings and the like), averaged over 5 s just \
+             before; substream bytes of the item protocol and of the others in that second; \
+             then the new list is read back from every node, byte-identical.\n\n\
+             | list before | appended | bytes on the wire | packets | idle network, per s (substreams) | item-protocol substream bytes | other substream bytes | replicas stored | read-back failures |\n\
+             |---|---|---|---|---|---|---|---|---|\n",
         );
         for a in appends {
             s.push_str(&format!(
-                "| {:.1} KB | {} B | {:.1} KB | {:.1} KB | {:.1} KB | {} | {} |\n",
+                "| {:.1} KB | {} B | {:.1} KB | {} | {:.1} KB ({:.1} KB) | {:.1} KB | {:.1} KB | {} | {} |\n",
                 a.list_bytes as f64 / 1024.0,
                 a.appended_bytes,
                 a.bytes_sent as f64 / 1e3,
+                a.packets,
                 a.idle_bytes as f64 / 1e3,
+                a.idle_substream_bytes as f64 / 1e3,
                 a.substream_bytes as f64 / 1e3,
+                a.other_substream_bytes as f64 / 1e3,
                 a.stored,
                 a.failures
             ));

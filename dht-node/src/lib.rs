@@ -65,7 +65,7 @@ pub use metrics::{
     GetLabels, KadRejectLabels, Metrics, ProtocolBytesLabels, PutLabels, RequestLabels, SaltLabels,
     TrafficLabels,
 };
-pub use node::{Node, NodeBuilder};
+pub use node::{Node, NodeBuilder, JOINING_ROUNDS};
 pub use protocol::{ITEM_PROTOCOL, KAD_PROTOCOL};
 pub use report::{
     admission_name, Found, GetMode, GetOutcome, GetReport, NodeStats, PutReport, ReplicaOutcome,

@@ -15,6 +15,7 @@
 
 mod bans;
 mod client;
+mod coalesce;
 mod commands;
 mod driver;
 mod gate;

@@ -167,7 +167,9 @@ fn transport(
     let tcp = libp2p::tcp::tokio::Transport::new(libp2p::tcp::Config::default().nodelay(true))
         .upgrade(libp2p::core::upgrade::Version::V1Lazy)
         .authenticate(libp2p::noise::Config::new(key)?)
-        .multiplex(libp2p::yamux::Config::default())
+        // Yamux frames written together (a request's stream opening, the request and
+        // its FIN) leave in one noise frame and one TCP segment (see `coalesce`).
+        .multiplex(super::coalesce::Coalesced(libp2p::yamux::Config::default()))
         .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
     let transport = if quic {
         libp2p::quic::tokio::Transport::new(libp2p::quic::Config::new(key))

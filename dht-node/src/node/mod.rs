@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use tracing::instrument;
 
 pub use builder::NodeBuilder;
+pub use start::JOINING_ROUNDS;
 
 use crate::config::NodeConfig;
 use crate::events::NodeEvent;

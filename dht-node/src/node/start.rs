@@ -37,6 +37,19 @@ const COMMAND_QUEUE: usize = 4096;
 
 /// Extra bootstrap rounds after joining, seconds apart (see [`Node::join`]).
 const EARLY_BOOTSTRAP_ROUNDS: [u64; 4] = [1, 3, 10, 30];
+
+/// When a full node's last early round (a self-lookup and a members exchange, see
+/// [`Node::join`]) starts, after it joined: until then a quiet network still has
+/// bursts of joining traffic (measurements of other traffic wait past it).
+pub const JOINING_ROUNDS: Duration = Duration::from_secs({
+    let mut sum = 0;
+    let mut i = 0;
+    while i < EARLY_BOOTSTRAP_ROUNDS.len() {
+        sum += EARLY_BOOTSTRAP_ROUNDS[i];
+        i += 1;
+    }
+    sum
+});
 /// Seconds between bootstrap rounds after the early ones, while the routing table
 /// changes.
 const PERIODIC_BOOTSTRAP_SECS: u64 = 5 * 60;

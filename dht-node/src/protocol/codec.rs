@@ -302,14 +302,16 @@ async fn write_frame<T: AsyncWrite + Unpin + Send>(
             format!("message of {} bytes exceeds the limit of {max}", msg.len()),
         ));
     }
-    // Prefix and body in one write: each write on a substream is a frame of its own
-    // (yamux header, noise tag, and on TCP with no delay a segment and its ACK), so
-    // writing them apart cost about 250 bytes on the wire per message for 4 bytes.
+    // Prefix and body in one write: each write on a substream is a yamux frame of its
+    // own (12 bytes of header).
     let mut frame = Vec::with_capacity(4 + msg.len());
     frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
     frame.extend_from_slice(&msg);
     io.write_all(&frame).await?;
-    io.close().await
+    // No close here: request-response closes the stream after the message, and a
+    // second close of a yamux stream the peer has not closed yet sends a second FIN
+    // frame (30 bytes and a TCP segment per request on the wire).
+    io.flush().await
 }
 
 fn decode<M: Message + Default>(buf: &[u8]) -> io::Result<M> {
