@@ -125,6 +125,16 @@ pub async fn run(
     // Let routing tables settle (the later processes' lookups reach the first nodes,
     // and the joining rounds of the last process end).
     tokio::time::sleep(settle).await;
+    // A network of this size keeps a connection between every two full nodes: measure
+    // once those are open (and no new ones are being opened), as a network that has
+    // been up for a while would be, not while its last nodes still dial the others.
+    let warm_started = Instant::now();
+    let warm = wait_until_warm(&net.nodes, Duration::from_secs(90)).await;
+    eprintln!(
+        "   connections {} after another {:.1} s",
+        if warm { "warm" } else { "still opening" },
+        warm_started.elapsed().as_secs_f64()
+    );
     let own = crate::memory::rss_mb(std::process::id());
     let others: f64 = children
         .0
@@ -239,4 +249,35 @@ fn watched_counters(nodes: &[dht_node::Node]) -> Vec<f64> {
         }
     }
     sums
+}
+
+/// Waits until `nodes` are connected to (nearly) every peer of their routing tables, when
+/// their tables hold the whole membership, and no connection opened for two seconds;
+/// at most `limit`. Returns whether they got there.
+async fn wait_until_warm(nodes: &[dht_node::Node], limit: Duration) -> bool {
+    let opened = |nodes: &[dht_node::Node]| watched_counters(nodes)[2];
+    let deadline = Instant::now() + limit;
+    let mut last = opened(nodes);
+    let mut quiet_since = Instant::now();
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = opened(nodes);
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        }
+        let (mut table, mut connected, mut known) = (0usize, 0usize, true);
+        for n in nodes {
+            if let Ok(s) = n.stats().await {
+                table += s.routing_table_peers;
+                connected += s.connected_peers.min(s.routing_table_peers);
+                known &= s.membership_known;
+            }
+        }
+        let connected_enough = !known || connected * 100 >= table * 99;
+        if connected_enough && quiet_since.elapsed() >= Duration::from_secs(2) {
+            return true;
+        }
+    }
+    false
 }

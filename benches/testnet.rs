@@ -422,8 +422,8 @@ async fn ours(size: usize, ops: usize, value_len: usize, quick: bool) -> anyhow:
 }
 
 /// Ours over several processes (see `--single-process-max`): the figures the
-/// scale-out run measures, operations from this process's nodes after the joining
-/// rounds (30 s).
+/// scale-out run measures, operations from this process's nodes once the last
+/// process's joining rounds are over ([`dht_node::JOINING_ROUNDS`] and a few seconds).
 async fn ours_over_processes(
     bin: &std::path::Path,
     size: usize,
@@ -435,7 +435,7 @@ async fn ours_over_processes(
         args.per_process,
         args.ops,
         args.value_len,
-        Duration::from_secs(30),
+        dht_node::JOINING_ROUNDS + Duration::from_secs(5),
     )
     .await?;
     let p = |v: [f64; 3]| Pcts {
