@@ -30,7 +30,7 @@ const MAX_CONVERGING_ROUNDS: usize = 8;
 const CONVERGING_PAUSE: Duration = Duration::from_secs(1);
 
 /// Members rounds until one brings no new member (at most [`MAX_CONVERGING_ROUNDS`], a
-/// second apart). A forming network's answers bring new members for a while (nodes still
+/// second apart, and none once the routing table has no room left). A forming network's answers bring new members for a while (nodes still
 /// joining, tables still filling); stopping at the first round that brought some would
 /// leave the membership unknown, and every put paying a lookup, until the next periodic
 /// round minutes later.
@@ -40,6 +40,13 @@ pub(crate) async fn converge(client: &Client, state: &NodeState, me: PeerId) {
             tokio::time::sleep(CONVERGING_PAUSE).await;
         }
         if learn(client, state, me).await == 0 {
+            return;
+        }
+        // A table without room (a full k-bucket, or more peers than one holds) is a
+        // network too large for one hop: more rounds would only cost (at 1,000 nodes,
+        // answers of a thousand members each, eight rounds a time per node).
+        tokio::time::sleep(CONVERGING_PAUSE / 2).await;
+        if !state.buckets_have_room() {
             return;
         }
     }

@@ -118,6 +118,12 @@ impl NodeState {
         self.members_learned.store(true, Ordering::Release);
     }
 
+    /// Whether every k-bucket had room at the last look at the routing table (a network
+    /// small enough for one hop; see [`NodeState::membership_known`]).
+    pub fn buckets_have_room(&self) -> bool {
+        self.buckets_have_room.load(Ordering::Acquire)
+    }
+
     /// Records whether every k-bucket has room.
     pub fn set_buckets_have_room(&self, room: bool) {
         self.buckets_have_room.store(room, Ordering::Release);
