@@ -38,9 +38,9 @@ const COMMAND_QUEUE: usize = 4096;
 /// Extra bootstrap rounds after joining, seconds apart (see [`Node::join`]).
 const EARLY_BOOTSTRAP_ROUNDS: [u64; 4] = [1, 3, 10, 30];
 
-/// When a full node's last early round (a self-lookup and a members exchange, see
-/// [`Node::join`]) starts, after it joined: until then a quiet network still has
-/// bursts of joining traffic (measurements of other traffic wait past it).
+/// When a full node's last early round (a self-lookup and a members exchange, made by
+/// every node that joins a network) starts, after it joined: until then a quiet network
+/// still has bursts of joining traffic (measurements of other traffic wait past it).
 pub const JOINING_ROUNDS: Duration = Duration::from_secs({
     let mut sum = 0;
     let mut i = 0;
