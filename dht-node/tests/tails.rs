@@ -263,3 +263,57 @@ async fn a_members_request_lists_every_full_node_the_responder_knows() {
     }
     net.shutdown().await;
 }
+
+/// A full node joining while another is down (stopped, its connections gone) learns the
+/// live membership through the members exchange, opens a warm connection to every live
+/// node, and its puts reach a majority straight away: the member that is down is handed
+/// on in answers, fails its dial and is skipped, never waited on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joining_while_a_member_is_down_learns_the_live_membership_and_puts_at_once() {
+    use dht_node::NodeMode;
+    let mut net = Testnet::builder(8).build().await.unwrap();
+    assert!(net.wait_for_routing(7, Duration::from_secs(20)).await);
+    net.stop(3).await;
+    let down = net.nodes[3].peer_id();
+    let joined = net.add_node(NodeMode::Full).await.unwrap();
+    let live: Vec<PeerId> = net
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, n)| *i != 3 && n.peer_id() != joined.peer_id())
+        .map(|(_, n)| n.peer_id())
+        .collect();
+    let started = Instant::now();
+    loop {
+        let stats = joined.stats().await.unwrap();
+        if stats.membership_known && stats.connected_peers >= live.len() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the joined node did not learn and connect the {} live members: {stats:?}",
+            live.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let key = SigningKey::generate_ed25519();
+    let item = MutableItem::sign(&key, key.public_key(), "svc", 1, Bytes::from_static(b"[1]"));
+    let t = Instant::now();
+    let report = joined.put(item).await.unwrap();
+    assert!(report.majority_stored(), "{}", report.to_json());
+    assert!(
+        t.elapsed() < BOUND,
+        "put took {:?}: {}",
+        t.elapsed(),
+        report.to_json()
+    );
+    assert!(!report.stored_on().contains(&down), "{}", report.to_json());
+    for p in report.stored_on() {
+        assert!(
+            live.contains(&p) || p == joined.peer_id(),
+            "{}",
+            report.to_json()
+        );
+    }
+    net.shutdown().await;
+}
