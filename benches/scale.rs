@@ -219,7 +219,8 @@ pub async fn run(
     Ok(f)
 }
 
-/// Counters whose change during the puts tells why some were slow.
+/// Counters whose change during the puts tells why some were slow (in the order
+/// [`watched_counters`] reads them).
 const WATCHED: [&str; 6] = [
     "dht_peers_suspected_total",
     "dht_hedged_requests_total",
@@ -229,23 +230,21 @@ const WATCHED: [&str; 6] = [
     "dht_put_items_batched_total",
 ];
 
-/// The [`WATCHED`] counters summed over `nodes` (all label sets).
+/// The [`WATCHED`] counters summed over `nodes`, read from their metrics.
 fn watched_counters(nodes: &[dht_node::Node]) -> Vec<f64> {
     let mut sums = vec![0.0; WATCHED.len()];
     for node in nodes {
-        for line in node.metrics().encode().lines() {
-            for (i, name) in WATCHED.iter().enumerate() {
-                let Some(rest) = line.strip_prefix(name) else {
-                    continue;
-                };
-                if rest.starts_with(' ') || rest.starts_with('{') {
-                    sums[i] += line
-                        .rsplit(' ')
-                        .next()
-                        .and_then(|v| v.parse::<f64>().ok())
-                        .unwrap_or(0.0);
-                }
-            }
+        let m = node.metrics();
+        let values = [
+            m.peers_suspected.get(),
+            m.hedged_requests.get(),
+            m.connections_opened.get(),
+            m.puts_returned_early.get(),
+            m.put_need_base.get(),
+            m.put_items_batched.get(),
+        ];
+        for (sum, v) in sums.iter_mut().zip(values) {
+            *sum += v as f64;
         }
     }
     sums
