@@ -63,6 +63,10 @@ impl Driver {
                 if is_new_peer && !self.admit_by_ip_range(&peer, addresses.iter()) {
                     self.swarm.behaviour_mut().kad.remove_peer(&peer);
                     warn!(%peer, "routing table: too many peers from one IP range");
+                    // The view may already hold it (identify adds a full node's
+                    // addresses and refreshes the view before this event arrives).
+                    self.view_dirty = true;
+                    self.refresh_view();
                     return;
                 }
                 self.view_dirty = true;
