@@ -62,7 +62,12 @@ impl Driver {
                 ..
             } => {
                 debug!(%peer, %error, "request failed");
-                if !matches!(error, OutboundFailure::UnsupportedProtocols) {
+                // A closed connection is judged where it closes (`ConnectionClosed`):
+                // a peer trimming its connections is not suspect.
+                if !matches!(
+                    error,
+                    OutboundFailure::UnsupportedProtocols | OutboundFailure::ConnectionClosed
+                ) {
                     self.suspect(peer, "request failed");
                 }
                 if let Some(pending) = self.requests.remove(&request_id) {
