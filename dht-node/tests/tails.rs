@@ -317,3 +317,72 @@ async fn a_node_joining_while_a_member_is_down_learns_the_live_membership_and_pu
     }
     net.shutdown().await;
 }
+
+/// A network larger than its nodes' connection budgets: to stay within budget the nodes
+/// close each other's connections all the time, and the other end closing is not a
+/// fault. No peer is suspected for it (at 1,000 nodes, suspecting and re-dialling
+/// trimmed peers became a storm of connections), and puts reach their majority. A node
+/// that does go down is still found out, by the first request to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_trimming_their_connections_are_not_suspected_but_a_stopped_node_is() {
+    let mut config = NodeConfig::local();
+    // Budget 4: at most 3 connections kept, 11 peers in each table.
+    config.max_connected_peers = 4;
+    let net = Testnet::builder(12).config(config).build().await.unwrap();
+    assert!(net.wait_for_routing(4, Duration::from_secs(20)).await);
+    // The budgets trim what formation opened (after their grace period).
+    let started = Instant::now();
+    for n in &net.nodes {
+        while n.stats().await.unwrap().connected_peers > 4 {
+            assert!(started.elapsed() < Duration::from_secs(10), "never trimmed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let total = |net: &Testnet, f: fn(&Node) -> u64| net.nodes.iter().map(f).sum::<u64>();
+    let suspected = |n: &Node| n.metrics().peers_suspected.get();
+    let opened = |n: &Node| n.metrics().connections_opened.get();
+    let (suspected0, opened0) = (total(&net, suspected), total(&net, opened));
+    for i in 0..24 {
+        let key = SigningKey::generate_ed25519();
+        let item = MutableItem::sign(&key, key.public_key(), "tp", 1, Bytes::from_static(b"[1]"));
+        let report = net.nodes[i % 12].put(item).await.unwrap();
+        assert!(report.majority_stored(), "{}", report.to_json());
+    }
+    let opened = total(&net, opened) - opened0;
+    // The budgets did trim: the puts' replicas were dialled again and again.
+    assert!(opened >= 24, "only {opened} connections opened");
+    assert_eq!(
+        total(&net, suspected),
+        suspected0,
+        "peers suspected while {opened} connections were opened and trimmed"
+    );
+
+    // A peer of node 0's routing table (a peer it does not track is not suspected).
+    let table = net.nodes[0].routing_table();
+    let j = (1..12)
+        .find(|j| table.contains_key(&net.nodes[*j].peer_id()))
+        .expect("node 0 has peers");
+    net.stop(j).await;
+    let down = net.nodes[j].peer_id();
+    let key = SigningKey::generate_ed25519();
+    let item = MutableItem::sign(&key, key.public_key(), "tp", 1, Bytes::from_static(b"[1]"));
+    let before = suspected(&net.nodes[0]);
+    // The request that meets the closing connection fails without suspicion (a close
+    // is judged where it happens); the next one dials, is refused, and suspects.
+    let started = Instant::now();
+    while suspected(&net.nodes[0]) == before {
+        let result = net.nodes[0]
+            .send_item_to(down, &item, dht_core::PutOptions::default())
+            .await;
+        assert!(
+            !matches!(result, dht_node::ReplicaResult::Stored(_)),
+            "{result:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the stopped node was not suspected; last request: {result:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    net.shutdown().await;
+}
