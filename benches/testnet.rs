@@ -22,6 +22,7 @@ use clap::Parser;
 mod faults;
 mod fleet;
 mod flood;
+mod floor;
 mod hops;
 mod idle;
 mod memory;
@@ -39,7 +40,7 @@ use rand::Rng;
 #[derive(Parser)]
 #[command(name = "dht-bench", about = "Testnet benchmarks against mainline")]
 struct Args {
-    /// Network sizes.
+    /// Network sizes of the side-by-side (0: skip it).
     #[arg(long, value_delimiter = ',', default_value = "10,50,100,200")]
     sizes: Vec<usize>,
     /// Operations per measurement.
@@ -82,7 +83,8 @@ struct Args {
     /// connections, and a process has 20,000 file descriptors).
     #[arg(long, default_value_t = 50)]
     scale_per_process: usize,
-    /// Seed scenario scales to run (1: the production snapshot, 10: ten times larger).
+    /// Seed scenario scales to run (1: the production snapshot, 10: ten times larger; 0:
+    /// skip).
     #[arg(long, value_delimiter = ',', default_value = "1,10")]
     seed_scales: Vec<usize>,
     /// The mirror adapter's coalescing window in the seed scenario, ms.
@@ -113,6 +115,9 @@ struct Args {
     /// Run only the hostile-peer section (rewrites only its block of the report).
     #[arg(long)]
     only_flood: bool,
+    /// Internal: be the echo process of the round-trip floor (module `floor`).
+    #[arg(long, hide = true)]
+    echo_worker: bool,
     /// Internal: be the flooder process of the hostile-peer section, flooding the node
     /// at this address.
     #[arg(long, hide = true)]
@@ -730,6 +735,27 @@ async fn side_by_side(
     Ok(())
 }
 
+/// The round-trip floor of this machine (module `floor`), as rows of the side-by-side
+/// table: what no get can beat, idle or loaded as the rows above it.
+async fn floor_rows(md: &mut String, args: &Args) -> anyhow::Result<()> {
+    let ops = if args.quick { 200 } else { 2_000 };
+    eprintln!("== round-trip floor ({ops} round trips)");
+    let p = pcts(floor::measure(ops).await?);
+    eprintln!("{p:?}");
+    for (name, v) in [("p50", p.p50), ("p90", p.p90), ("p99", p.p99)] {
+        writeln!(
+            md,
+            "| floor | one request and answer between two processes, no DHT, {name} | {v:.2} | - | - |"
+        )?;
+    }
+    writeln!(
+        md,
+        "| floor | its p99 / p50 | {:.2} | - | - |",
+        p.p99 / p.p50.max(1e-9)
+    )?;
+    Ok(())
+}
+
 const START: &str = "<!-- dht-bench:start -->";
 const END: &str = "<!-- dht-bench:end -->";
 const FAULTS_START: &str = "<!-- dht-bench:faults:start -->";
@@ -770,7 +796,23 @@ const FLEET_END: &str = "<!-- dht-bench:fleet:end -->";
 const WAN_END: &str = "<!-- dht-bench:wan:end -->";
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    // A size of 0 skips, as in the other sections' options (`--sizes 0`: no side-by-side).
+    for sizes in [
+        &mut args.sizes,
+        &mut args.model_sizes,
+        &mut args.wan_sizes,
+        &mut args.seed_scales,
+    ] {
+        sizes.retain(|n| *n > 0);
+    }
+    if args.echo_worker {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        return rt.block_on(floor::serve());
+    }
     if let Some(addr) = &args.flood_worker {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -937,6 +979,9 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     for &size in &args.sizes {
         side_by_side(&mut md, size, &args, &bin, false).await?;
     }
+    if !args.sizes.is_empty() {
+        floor_rows(&mut md, &args).await?;
+    }
     let loaded: Vec<usize> = args
         .loaded_sizes
         .iter()
@@ -960,6 +1005,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         for &size in &loaded {
             side_by_side(&mut md, size, &args, &bin, true).await?;
         }
+        floor_rows(&mut md, &args).await?;
         drop(hog);
     }
     writeln!(
