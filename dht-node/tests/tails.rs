@@ -386,3 +386,85 @@ async fn peers_trimming_their_connections_are_not_suspected_but_a_stopped_node_i
     }
     net.shutdown().await;
 }
+
+/// The same kind of network (budgets smaller than the membership, so a closed connection
+/// is not taken as a fault), joined by a `dht-node testnet` process of four nodes that is
+/// then SIGKILLed. Puts go on reaching their majority within the bound, the dead nodes
+/// are suspected as requests dial them, and no live node is suspected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_process_is_suspected_and_puts_go_on_where_budgets_trim() {
+    use std::collections::HashSet;
+    use std::io::{BufRead, BufReader};
+    let mut config = NodeConfig::local();
+    config.max_connected_peers = 4;
+    let net = Testnet::builder(8).config(config).build().await.unwrap();
+    let join = net.bootstrap_addr().unwrap().to_string();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dht-node"))
+        .args(["testnet", "--nodes", "4", "--join", &join])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let ready = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.starts_with("READY"))
+    });
+    assert!(tokio::time::timeout(Duration::from_secs(30), ready)
+        .await
+        .unwrap()
+        .unwrap());
+    let ours: HashSet<PeerId> = net.nodes.iter().map(|n| n.peer_id()).collect();
+    let outsiders = |net: &Testnet| -> HashSet<PeerId> {
+        net.nodes
+            .iter()
+            .flat_map(|n| n.routing_table().into_keys())
+            .filter(|p| !ours.contains(p))
+            .collect()
+    };
+    wait_for(
+        "the process's nodes in the tables",
+        Duration::from_secs(20),
+        || outsiders(&net).len() == 4,
+    )
+    .await;
+    let killed = outsiders(&net);
+    let mut events: Vec<_> = net.nodes.iter().map(|n| n.subscribe()).collect();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    for i in 0..16 {
+        let key = SigningKey::generate_ed25519();
+        let item = MutableItem::sign(&key, key.public_key(), "tp", 1, Bytes::from_static(b"[1]"));
+        let t = Instant::now();
+        let report = net.nodes[i % 8].put(item).await.unwrap();
+        assert!(report.majority_stored(), "{}", report.to_json());
+        assert!(
+            t.elapsed() < BOUND,
+            "put took {:?}: {}",
+            t.elapsed(),
+            report.to_json()
+        );
+    }
+    let mut suspected = HashSet::new();
+    for rx in &mut events {
+        loop {
+            match rx.try_recv() {
+                Ok(NodeEvent::PeerSuspected(p)) => {
+                    suspected.insert(p);
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {}
+                Err(_) => break,
+            }
+        }
+    }
+    assert!(
+        suspected.iter().all(|p| killed.contains(p)),
+        "live peers suspected: {:?}",
+        suspected.difference(&killed).collect::<Vec<_>>()
+    );
+    assert!(!suspected.is_empty(), "no killed node was suspected");
+    net.shutdown().await;
+}
