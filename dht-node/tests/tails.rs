@@ -296,17 +296,7 @@ async fn a_node_joining_while_a_member_is_down_learns_the_live_membership_and_pu
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let key = SigningKey::generate_ed25519();
-    let item = MutableItem::sign(&key, key.public_key(), "svc", 1, Bytes::from_static(b"[1]"));
-    let t = Instant::now();
-    let report = joined.put(item).await.unwrap();
-    assert!(report.majority_stored(), "{}", report.to_json());
-    assert!(
-        t.elapsed() < BOUND,
-        "put took {:?}: {}",
-        t.elapsed(),
-        report.to_json()
-    );
+    let report = put_majority_within_bound(&joined, fresh_item("svc")).await;
     assert!(!report.stored_on().contains(&down), "{}", report.to_json());
     for p in report.stored_on() {
         assert!(
@@ -325,10 +315,7 @@ async fn a_node_joining_while_a_member_is_down_learns_the_live_membership_and_pu
 /// that does go down is still found out, by the first request to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_trimming_their_connections_are_not_suspected_but_a_stopped_node_is() {
-    let mut config = NodeConfig::local();
-    // Budget 4: at most 3 connections kept, 11 peers in each table.
-    config.max_connected_peers = 4;
-    let net = Testnet::builder(12).config(config).build().await.unwrap();
+    let net = over_budget_testnet(12).await;
     assert!(net.wait_for_routing(4, Duration::from_secs(20)).await);
     // The budgets trim what formation opened (after their grace period).
     let started = Instant::now();
@@ -343,9 +330,7 @@ async fn peers_trimming_their_connections_are_not_suspected_but_a_stopped_node_i
     let opened = |n: &Node| n.metrics().connections_opened.get();
     let (suspected0, opened0) = (total(&net, suspected), total(&net, opened));
     for i in 0..24 {
-        let key = SigningKey::generate_ed25519();
-        let item = MutableItem::sign(&key, key.public_key(), "tp", 1, Bytes::from_static(b"[1]"));
-        let report = net.nodes[i % 12].put(item).await.unwrap();
+        let report = net.nodes[i % 12].put(fresh_item("tp")).await.unwrap();
         assert!(report.majority_stored(), "{}", report.to_json());
     }
     let opened = total(&net, opened) - opened0;
@@ -364,8 +349,7 @@ async fn peers_trimming_their_connections_are_not_suspected_but_a_stopped_node_i
         .expect("node 0 has peers");
     net.stop(j).await;
     let down = net.nodes[j].peer_id();
-    let key = SigningKey::generate_ed25519();
-    let item = MutableItem::sign(&key, key.public_key(), "tp", 1, Bytes::from_static(b"[1]"));
+    let item = fresh_item("tp");
     let before = suspected(&net.nodes[0]);
     // The request that meets the closing connection fails without suspicion (a close
     // is judged where it happens); the next one dials, is refused, and suspects.
@@ -395,9 +379,7 @@ async fn peers_trimming_their_connections_are_not_suspected_but_a_stopped_node_i
 async fn a_sigkilled_process_is_suspected_and_puts_go_on_where_budgets_trim() {
     use std::collections::HashSet;
     use std::io::{BufRead, BufReader};
-    let mut config = NodeConfig::local();
-    config.max_connected_peers = 4;
-    let net = Testnet::builder(8).config(config).build().await.unwrap();
+    let net = over_budget_testnet(8).await;
     let join = net.bootstrap_addr().unwrap().to_string();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dht-node"))
         .args(["testnet", "--nodes", "4", "--join", &join])
@@ -436,17 +418,7 @@ async fn a_sigkilled_process_is_suspected_and_puts_go_on_where_budgets_trim() {
     child.wait().unwrap();
 
     for i in 0..16 {
-        let key = SigningKey::generate_ed25519();
-        let item = MutableItem::sign(&key, key.public_key(), "tp", 1, Bytes::from_static(b"[1]"));
-        let t = Instant::now();
-        let report = net.nodes[i % 8].put(item).await.unwrap();
-        assert!(report.majority_stored(), "{}", report.to_json());
-        assert!(
-            t.elapsed() < BOUND,
-            "put took {:?}: {}",
-            t.elapsed(),
-            report.to_json()
-        );
+        put_majority_within_bound(&net.nodes[i % 8], fresh_item("tp")).await;
     }
     let mut suspected = HashSet::new();
     for rx in &mut events {
@@ -467,4 +439,33 @@ async fn a_sigkilled_process_is_suspected_and_puts_go_on_where_budgets_trim() {
     );
     assert!(!suspected.is_empty(), "no killed node was suspected");
     net.shutdown().await;
+}
+
+/// A new item under a fresh key.
+fn fresh_item(salt: &'static str) -> MutableItem {
+    let key = SigningKey::generate_ed25519();
+    MutableItem::sign(&key, key.public_key(), salt, 1, Bytes::from_static(b"[1]"))
+}
+
+/// Puts `item` from `node`, asserting that a majority stored it within [`BOUND`].
+async fn put_majority_within_bound(node: &Node, item: MutableItem) -> dht_node::PutReport {
+    let t = Instant::now();
+    let report = node.put(item).await.unwrap();
+    assert!(report.majority_stored(), "{}", report.to_json());
+    assert!(
+        t.elapsed() < BOUND,
+        "put took {:?}: {}",
+        t.elapsed(),
+        report.to_json()
+    );
+    report
+}
+
+/// `n` full nodes whose connection budget (4: at most 3 kept) is smaller than their
+/// membership, so that they trim each other's connections and no node keeps every
+/// connection warm.
+async fn over_budget_testnet(n: usize) -> Testnet {
+    let mut config = NodeConfig::local();
+    config.max_connected_peers = 4;
+    Testnet::builder(n).config(config).build().await.unwrap()
 }
