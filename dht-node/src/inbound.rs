@@ -89,13 +89,15 @@ impl Inbound {
 
     /// The full nodes of the routing table with their dialable addresses: how a
     /// joining node (or a visor) learns the whole membership of a small network from
-    /// one answer (see `Node::learn_members`).
+    /// one answer (see `membership::learn`). Peers this node holds down (suspected or
+    /// dead) are left out.
     fn members(&self) -> Response {
         Response::Members(
             self.state
                 .view
                 .snapshot()
                 .into_iter()
+                .filter(|(peer, _)| !self.state.liveness.is_down(peer))
                 .filter_map(|(peer, addrs)| {
                     let addrs: Vec<Multiaddr> = addrs.into_iter().filter(is_dialable).collect();
                     (!addrs.is_empty()).then_some((peer, addrs))

@@ -7,7 +7,8 @@
 //!
 //! An answer only adds addresses: a member that does not exist or does not answer is
 //! dialled by the warming step, fails, and is declared dead like any peer that went
-//! away. Answers are bounded (`MAX_MEMBERS`), and the routing table's per-IP-range
+//! away. Answers leave out the members the answerer holds down, and the asker skips
+//! those it holds down itself: a node declared dead is not brought back by hearsay. Answers are bounded (`MAX_MEMBERS`), and the routing table's per-IP-range
 //! bound applies to what they add.
 
 use std::time::Duration;
@@ -84,7 +85,10 @@ pub(crate) async fn learn(client: &Client, state: &NodeState, me: PeerId) -> usi
         answered = true;
         let known = state.view.snapshot();
         for (member, addrs) in members {
-            if member == me || known.contains_key(&member) {
+            // A member this node holds down (suspected, or declared dead and out of
+            // the table) stays out: the answerer may not have noticed yet, and adding
+            // it back would give a dead node a replica slot again.
+            if member == me || known.contains_key(&member) || state.liveness.is_down(&member) {
                 continue;
             }
             added += 1;
