@@ -323,3 +323,68 @@ async fn killing_a_third_of_the_network_refills_every_replica_slot() {
     );
     net.shutdown().await;
 }
+
+/// The peers a members answer of `asked` names (asked by `asker`).
+async fn members_of(asker: &Node, asked: PeerId) -> Vec<PeerId> {
+    use dht_node::test_util::{request_proto, response_proto, MembersRequestProto, RequestProto};
+    let request = RequestProto {
+        kind: Some(request_proto::Kind::Members(MembersRequestProto {})),
+    };
+    match asker.request(asked, request).await.unwrap().kind {
+        Some(response_proto::Kind::Members(m)) => m
+            .members
+            .iter()
+            .map(|m| PeerId::from_bytes(&m.peer_id).unwrap())
+            .collect(),
+        other => panic!("not a members answer: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_held_down_is_left_out_of_members_answers_and_stays_out_of_tables() {
+    let net = Testnet::builder(6)
+        .config(fast_failure_config())
+        .build()
+        .await
+        .unwrap();
+    assert!(net.wait_for_routing(5, Duration::from_secs(20)).await);
+    let gone = net.nodes[5].peer_id();
+    assert!(members_of(&net.nodes[0], net.nodes[1].peer_id())
+        .await
+        .contains(&gone));
+    // SIGKILL-like: the node's connections drop; every live node suspects it at once
+    // and declares it dead `dead_after` (2 s) later.
+    net.stop(5).await;
+    let live = &net.nodes[..5];
+    // While suspected (still in the routing table, not yet declared dead), nobody
+    // names it: a members answer is what an asker adds to its table.
+    wait_for(
+        "node 1 suspecting the stopped node",
+        Duration::from_secs(5),
+        || live[1].peers_down().contains(&gone),
+    )
+    .await;
+    assert!(
+        live[1].routing_table().contains_key(&gone),
+        "declared dead already"
+    );
+    assert!(!members_of(&live[0], live[1].peer_id())
+        .await
+        .contains(&gone));
+    wait_for(
+        "every live node dropping it from its table",
+        Duration::from_secs(10),
+        || live.iter().all(|n| !n.routing_table().contains_key(&gone)),
+    )
+    .await;
+    // The joining rounds' members exchanges go on (up to 12 s after the start): the
+    // dead node must not come back into any table by hearsay.
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        for n in live {
+            assert!(!n.routing_table().contains_key(&gone), "back in a table");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    net.shutdown().await;
+}
