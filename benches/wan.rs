@@ -909,8 +909,10 @@ fn markdown(
          Link: **RTT {rtt} ms** (every packet held {:.1} ms one way), jitter +/- {} ms per \
          packet (each flow kept in order), loss {}% per packet and direction. Emulation: a \
          network namespace of the run's own whose `lo` sends every packet through NFQUEUE to \
-         a user-space delayer (this kernel has no netem); ours over TCP + noise + yamux and \
-         mainline over UDP cross the same link. Machine: {cores} cores, {mem}; load average \
+         a user-space delayer (this kernel has no netem), with TCP autocorking off (the \
+         delayer holds packets inside the sender's stack, where autocorking would hold the \
+         socket's next small write for RTT / 2; a real link sends it at once); ours over TCP \
+         + noise + yamux and mainline over UDP cross the same link. Machine: {cores} cores, {mem}; load average \
          {load_before} before, {load_after} after (1, 5, 15 min; the machine is shared). \
          {ops} operations per figure, values of {value_len} bytes; the section took {:.0} s.\n",
         rtt / 2.0,
