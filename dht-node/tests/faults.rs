@@ -22,6 +22,17 @@ fn fast_failure_config() -> NodeConfig {
     }
 }
 
+/// A testnet of `n` nodes with [`fast_failure_config`], every routing table complete.
+async fn fast_failure_testnet(n: usize) -> Testnet {
+    let net = Testnet::builder(n)
+        .config(fast_failure_config())
+        .build()
+        .await
+        .unwrap();
+    assert!(net.wait_for_routing(n - 1, Duration::from_secs(20)).await);
+    net
+}
+
 /// Which of `nodes` hold exactly `item` in their local store.
 fn holders(nodes: &[&Node], item: &MutableItem) -> Vec<PeerId> {
     let target = item.target();
@@ -38,12 +49,7 @@ fn holders(nodes: &[&Node], item: &MutableItem) -> Vec<PeerId> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_replica_is_skipped_and_named_in_the_report() {
-    let net = Testnet::builder(5)
-        .config(fast_failure_config())
-        .build()
-        .await
-        .unwrap();
-    assert!(net.wait_for_routing(4, Duration::from_secs(10)).await);
+    let net = fast_failure_testnet(5).await;
     let dead = net.nodes[4].peer_id();
     net.stop(4).await;
 
@@ -342,12 +348,7 @@ async fn members_of(asker: &Node, asked: PeerId) -> Vec<PeerId> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_held_down_is_left_out_of_members_answers_and_stays_out_of_tables() {
-    let net = Testnet::builder(6)
-        .config(fast_failure_config())
-        .build()
-        .await
-        .unwrap();
-    assert!(net.wait_for_routing(5, Duration::from_secs(20)).await);
+    let net = fast_failure_testnet(6).await;
     let gone = net.nodes[5].peer_id();
     assert!(members_of(&net.nodes[0], net.nodes[1].peer_id())
         .await
